@@ -1,0 +1,102 @@
+"""Fixed schedules (§4.5): monotone, exact endpoints, invertible, p(λ) = -dt/dλ a density, finite in float32."""
+
+import math
+
+import pytest
+import torch
+
+from vdmlab.diffusion import schedules as S
+
+SCHEDULES = [
+    S.LinearSchedule(-5.0, 10.0),
+    S.LinearSchedule(),
+    S.CosineSchedule(-5.0, 10.0),
+    S.CosineSchedule(-15.0, 15.0),
+    S.ShiftedCosineSchedule(-10.0, 12.0, shift=1.3),
+    S.SimpleDiffusionSchedule(-15.0, 15.0, resolution=8, base=64),
+    S.EDMSchedule(-5.0, 10.0),
+    S.EDMSchedule(-20.0, 20.0),
+    S.FlowSchedule(-5.0, 10.0),
+    S.FlowSchedule(-15.0, 15.0),
+]
+IDS = [f"{type(s).__name__}[{s.logsnr_min},{s.logsnr_max}]" for s in SCHEDULES]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=IDS)
+def test_strictly_decreasing_with_exact_endpoints(schedule):
+    t = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    logsnr = schedule.logsnr(t)
+    assert (logsnr[1:] < logsnr[:-1]).all()
+    assert schedule.logsnr(torch.tensor(0.0, dtype=torch.float64)).item() == pytest.approx(schedule.logsnr_max, abs=1e-9)
+    assert schedule.logsnr(torch.tensor(1.0, dtype=torch.float64)).item() == pytest.approx(schedule.logsnr_min, abs=1e-9)
+    assert (schedule.dlogsnr_dt(t) < 0).all()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=IDS)
+def test_inverse_round_trip_t_of_logsnr(schedule):
+    t = torch.linspace(0, 1, 501, dtype=torch.float64)
+    torch.testing.assert_close(schedule.t_of(schedule.logsnr(t)), t, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=IDS)
+def test_derivative_matches_finite_difference(schedule):
+    t = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    h = 1e-6
+    fd = (schedule.logsnr(t + h) - schedule.logsnr(t - h)) / (2 * h)
+    torch.testing.assert_close(schedule.dlogsnr_dt(t), fd, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=IDS)
+def test_density_eq_4_102_nonnegative_and_integrates_to_one(schedule):
+    logsnr = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, 200001, dtype=torch.float64)
+    p = schedule.density(logsnr)
+    assert (p >= 0).all()
+    assert torch.trapezoid(p, logsnr).item() == pytest.approx(1.0, abs=1e-4)
+    outside = torch.tensor([schedule.logsnr_min - 1.0, schedule.logsnr_max + 1.0], dtype=torch.float64)
+    assert (schedule.density(outside) == 0).all()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=IDS)
+def test_float32_finite_everywhere(schedule):
+    logsnr = torch.linspace(-30, 30, 601)
+    t = torch.linspace(0, 1, 601)
+    for value in (schedule.density(logsnr), schedule.t_of(logsnr), *schedule(t)):
+        assert torch.isfinite(value).all()
+
+
+def test_edm_density_is_truncated_normal():
+    schedule = S.EDMSchedule(-5.0, 10.0, mean=2.4, std=2.4)
+    logsnr = torch.linspace(-5, 10, 31, dtype=torch.float64)
+    normal = torch.distributions.Normal(torch.tensor(2.4, dtype=torch.float64), 2.4)
+    mass = normal.cdf(torch.tensor(10.0, dtype=torch.float64)) - normal.cdf(torch.tensor(-5.0, dtype=torch.float64))
+    torch.testing.assert_close(schedule.density(logsnr), normal.log_prob(logsnr).exp() / mass)
+
+
+def test_cosine_is_alpha_cos_sigma_sin_and_shift_is_2_log_base_over_resolution():
+    wide = S.CosineSchedule(-30.0, 30.0)
+    tau = wide._tau(torch.linspace(0.05, 0.95, 19, dtype=torch.float64))
+    logsnr = wide._g(tau)
+    torch.testing.assert_close(torch.sigmoid(logsnr).sqrt(), torch.cos(0.5 * math.pi * tau))
+    shifted = S.SimpleDiffusionSchedule(-30.0, 30.0, resolution=8, base=64)
+    torch.testing.assert_close(shifted._g(tau) - logsnr, torch.full_like(tau, 2 * math.log(64 / 8)))
+
+
+def test_flow_schedule_is_rectified_flow_alpha_one_minus_t():
+    flow = S.FlowSchedule(-30.0, 30.0)
+    tau = flow._tau(torch.linspace(0.05, 0.95, 19, dtype=torch.float64))
+    logsnr = flow._g(tau)
+    torch.testing.assert_close(logsnr, 2 * torch.log((1 - tau) / tau))
+
+
+def test_bad_endpoints_name_the_keys():
+    with pytest.raises(ValueError, match="logsnr_min"):
+        S.CosineSchedule(5.0, 5.0)
+    with pytest.raises(ValueError, match="logsnr_min"):
+        S.LinearSchedule(float("nan"), 1.0)
+
+
+def test_sampling_grid_is_increasing_from_min_to_max():
+    grid = S.logsnr_grid(S.CosineSchedule(-5.0, 10.0), 10)
+    assert grid.shape == (11,)
+    assert (grid[1:] > grid[:-1]).all()
+    assert grid[0].item() == pytest.approx(-5.0, abs=1e-5) and grid[-1].item() == pytest.approx(10.0, abs=1e-5)
