@@ -1,0 +1,181 @@
+"""Common base of all vdmlab datamodules, the quantization grid and the data-location error.
+
+Every dataset lives on a K-level grid in [-1, 1]: level k ∈ {0, …, K-1} is the value ``-1 + 2k/(K-1)``
+(for 8-bit images K = 256, x = 2·pixel/255 - 1). ``num_levels`` (K) and ``data_shape`` are known right
+after ``__init__`` so that the model can be built before ``setup``; datasets yield one float32 tensor
+of shape ``data_shape`` per item (no labels, no tuples).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a dataset are not on disk and could not be downloaded (e.g. on an offline machine)."""
+
+
+def levels_to_values(levels: Tensor, num_levels: int) -> Tensor:
+    """Map integer levels k ∈ {0, …, K-1} to their float32 grid values ``-1 + 2k/(K-1)``.
+
+    This is the one formula used everywhere, so that values produced by different code paths compare
+    exactly equal.
+    """
+    _check_num_levels(num_levels)
+    return levels.to(torch.float32) * (2.0 / (num_levels - 1)) - 1.0
+
+
+def values_to_levels(x: Tensor, num_levels: int) -> Tensor:
+    """Nearest integer level (int64) of values x, which are first clamped to [-1, 1]."""
+    _check_num_levels(num_levels)
+    x = torch.as_tensor(x).clamp(-1.0, 1.0)
+    return torch.round((x + 1.0) * ((num_levels - 1) / 2.0)).to(torch.int64)
+
+
+def quantize(x: Tensor, num_levels: int) -> Tensor:
+    """Snap values in [-1, 1] (clamped first) to the nearest point of the K-level grid; returns float32."""
+    return levels_to_values(values_to_levels(x, num_levels), num_levels)
+
+
+def _check_num_levels(num_levels: int) -> None:
+    """Raise a ValueError unless K is an integer >= 2."""
+    if int(num_levels) != num_levels or num_levels < 2:
+        raise ValueError(f"num_levels must be an integer >= 2, got {num_levels!r}")
+
+
+def level_dtype(num_levels: int) -> torch.dtype:
+    """Smallest integer dtype that stores the levels 0..K-1 (uint8 for K <= 256)."""
+    return torch.uint8 if num_levels <= 256 else torch.int32
+
+
+class LevelDataset(Dataset):
+    """In-memory dataset of integer levels [N, *data_shape], converted to float32 in [-1, 1] per item."""
+
+    def __init__(self, levels: Tensor, num_levels: int):
+        """``levels``: integer tensor [N, *data_shape] with entries in 0..num_levels-1."""
+        if levels.is_floating_point():
+            raise TypeError(f"levels must be an integer tensor, got {levels.dtype}")
+        if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= num_levels):
+            raise ValueError(f"levels must lie in 0..{num_levels - 1}")
+        self.levels = levels
+        self.num_levels = int(num_levels)
+
+    def __len__(self) -> int:
+        return int(self.levels.shape[0])
+
+    def __getitem__(self, index: int) -> Tensor:
+        return levels_to_values(self.levels[index], self.num_levels)
+
+
+class DiffusionDataModule(L.LightningDataModule, abc.ABC):
+    """Base datamodule: batch sizes, seeded shuffling, idempotent ``setup`` and the K/shape contract.
+
+    Subclasses set ``num_levels`` and ``data_shape`` (via this ``__init__``) and implement
+    :meth:`build_splits`, which returns the (train, val, test) datasets.
+    """
+
+    def __init__(
+        self,
+        num_levels: int,
+        data_shape: tuple[int, ...],
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        """
+        Args:
+            num_levels: K, the number of quantization levels of the data.
+            data_shape: per-example shape, e.g. (C, H, W) for images or (2,) for 2-D points.
+            batch_size: training batch size (the last incomplete batch is dropped).
+            eval_batch_size: batch size of validation/test loaders; None means ``batch_size``.
+            num_workers: DataLoader worker processes (0 = load in the main process).
+            seed: seeds the training shuffle order (and any random split or generation of the subclass).
+            pin_memory: pin host memory in the DataLoaders (useful when training on a GPU).
+        """
+        super().__init__()
+        _check_num_levels(num_levels)
+        _check_positive_int("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_positive_int("eval_batch_size", eval_batch_size)
+        if int(num_workers) != num_workers or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        self.num_levels = int(num_levels)
+        self.data_shape = tuple(int(d) for d in data_shape)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def data_dim(self) -> int:
+        """Number of scalar dimensions per example, prod(data_shape)."""
+        return math.prod(self.data_shape)
+
+    @abc.abstractmethod
+    def build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Create and return the (train, val, test) datasets; called once by :meth:`setup`."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build ``train_set``, ``val_set`` and ``test_set`` (all of them, whatever the stage); idempotent."""
+        if self.train_set is not None:
+            return
+        self.train_set, self.val_set, self.test_set = self.build_splits()
+
+    def _require_setup(self) -> None:
+        """Call :meth:`setup` if the user asks for a loader without having called it."""
+        if self.train_set is None:
+            self.setup()
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        """A DataLoader with the shared worker settings; training loaders shuffle (seeded) and drop_last."""
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (reproducibly, from ``seed``) training batches; the last incomplete batch is dropped."""
+        self._require_setup()
+        n = len(self.train_set)
+        if n < self.batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than the {n} training examples of "
+                f"{type(self).__name__}, so drop_last=True would leave no training batch; "
+                f"set dataset.batch_size <= {n}"
+            )
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order (no shuffle, no drop)."""
+        self._require_setup()
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in a fixed order (no shuffle, no drop)."""
+        self._require_setup()
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    """Raise a ValueError unless ``value`` is an integer >= 1."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
