@@ -56,6 +56,13 @@ class Schedule(nn.Module, abc.ABC):
         p = -1.0 / self.dlogsnr_dt(self.t_of(lam).clamp(0.0, 1.0))
         return torch.where(inside, p, torch.zeros_like(p))
 
+    def update(self, logsnr: Tensor, loss: Tensor) -> None:
+        """Hook called each training step with the drawn λ and per-example weighted loss, before backward.
+
+        Fixed schedules ignore it; adaptive schedules update their statistics and learned ones their
+        variance-minimising gradient from it.
+        """
+
     def extra_repr(self) -> str:
         return f"logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}"
 

@@ -63,8 +63,13 @@ class MLP(nn.Module):
         fourier_max_exp: int | None = None,
         dropout: float = 0.0,
         max_logsnr: float = 30.0,
+        data_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
+        if data_shape is not None:  # the datamodule's per-example shape; examples are flattened
+            data_dim = math.prod(int(d) for d in data_shape)
+        if hidden < 1 or depth < 0:
+            raise ValueError(f"model.hidden must be >= 1 and model.depth >= 0, got {hidden} and {depth}")
         self.data_dim = data_dim
         self.fourier_min_exp, self.fourier_max_exp = fourier_min_exp, fourier_max_exp
         in_dim = data_dim + num_fourier_channels(data_dim, fourier_min_exp, fourier_max_exp)

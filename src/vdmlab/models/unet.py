@@ -112,6 +112,17 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _image_shape(data_shape: Sequence[int]) -> tuple[int, int]:
+    """(C, image_size) of square images [C, H, W]; anything else gets an error naming the shape."""
+    shape = tuple(int(d) for d in data_shape)
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(
+            f"model=unet takes square images [C, H, W], but the dataset gives examples of shape {shape}; "
+            f"use model=mlp for flat data such as dataset=toy2d"
+        )
+    return shape[0], shape[1]
+
+
 class UNet(nn.Module):
     """λ-conditioned ResNet/UNet denoiser, ``forward(z [B, C, H, W], logsnr [B]) -> [B, C, H, W]``.
 
@@ -129,6 +140,7 @@ class UNet(nn.Module):
         fourier_min_exp, fourier_max_exp: exponents of the Fourier-feature input (both None disables).
         num_heads: attention heads.
         max_logsnr: λ range that the embedding's lowest frequency resolves monotonically.
+        data_shape: the datamodule's ``(C, H, W)``; when given it sets ``in_channels`` and ``image_size``.
     """
 
     def __init__(
@@ -146,8 +158,13 @@ class UNet(nn.Module):
         fourier_max_exp: int | None = None,
         num_heads: int = 1,
         max_logsnr: float = 30.0,
+        data_shape: Sequence[int] | None = None,
     ):
         super().__init__()
+        if data_shape is not None:
+            in_channels, image_size = _image_shape(data_shape)
+        if width < 1 or num_res_blocks < 0:
+            raise ValueError(f"model.width must be >= 1 and model.num_res_blocks >= 0, got {width} and {num_res_blocks}")
         channel_mults = tuple(int(m) for m in channel_mults)
         attention_resolutions = tuple(int(r) for r in attention_resolutions)
         levels = len(channel_mults)

@@ -1,0 +1,75 @@
+"""Plots of the noise schedule and weighting: λ(t), p(λ), w(λ) and p_w(t) (§4.5-4.7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from vdmlab.callbacks.samples import log_image  # noqa: E402
+from vdmlab.diffusion.schedules import Schedule  # noqa: E402
+from vdmlab.diffusion.weighting import Weighting, augmentation_kernel  # noqa: E402
+
+
+@torch.no_grad()
+def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: str | Path, title: str = "") -> Path:
+    """Four panels: λ(t), p(λ) = -dt/dλ, w(λ) (normalised to max 1) and p_w(t) when w is monotonic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = torch.linspace(0, 1, 501)
+    logsnr = schedule.logsnr(t).float().cpu()
+    grid = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, 501)
+    density = schedule.density(grid).float().cpu()
+    w = weighting(grid, density).float()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), dpi=90)
+    axes[0].plot(t, logsnr)
+    axes[0].set(xlabel="t", ylabel="λ(t)", title="schedule")
+    axes[1].plot(grid, density)
+    axes[1].set(xlabel="λ", ylabel="p(λ)", title="importance density p(λ)")
+    axes[2].plot(grid, w / w.max().clamp_min(1e-30))
+    kind = "monotonic" if weighting.monotonic else "non-monotonic"
+    axes[2].set(xlabel="λ", ylabel="w(λ)/max w", title=f"weighting {weighting.name} ({kind})")
+    try:
+        with torch.enable_grad():
+            p_w = augmentation_kernel(weighting, schedule, t.clamp(1e-4, 1 - 1e-4)).detach()
+        axes[3].plot(t, p_w)
+        axes[3].set(xlabel="t", ylabel="p_w(t)", title="augmentation kernel p_w(t)")
+    except ValueError as error:  # non-monotonic or constant weightings have no kernel density
+        axes[3].text(0.5, 0.5, str(error), wrap=True, ha="center", va="center", fontsize=8)
+        axes[3].set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+class SchedulePlot(L.Callback):
+    """Plot the schedule and weighting at the start of training and, for schedules with parameters or state,
+    after every ``every_n_epochs`` validations, so a learned or adaptive schedule can be watched as it trains."""
+
+    def __init__(self, every_n_epochs: int = 10, dirname: str = "plots"):
+        self.every_n_epochs, self.dirname = every_n_epochs, dirname
+
+    def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        path = Path(trainer.default_root_dir) / self.dirname / f"schedule_{name}.png"
+        schedule = pl_module.schedule
+        plot_schedule_and_weighting(schedule, pl_module.weighting, path, title=f"{type(schedule).__name__} — {name}")
+        log_image(trainer, "schedule", path)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._plot(trainer, pl_module, "start")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        adapts = any(True for _ in pl_module.schedule.parameters()) or any(True for _ in pl_module.schedule.buffers())
+        if trainer.sanity_checking or not adapts or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._plot(trainer, pl_module, f"epoch_{trainer.current_epoch + 1:04d}")

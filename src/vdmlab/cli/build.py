@@ -1,0 +1,57 @@
+"""Build the objects of a run from its composed config: datamodule, denoiser, schedule, weighting,
+parameterization, sampler and the DiffusionModule. Shared by train, eval and sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vdmlab.data.base import DiffusionDataModule
+from vdmlab.module import DiffusionModule
+
+
+@dataclass
+class Run:
+    """The built pieces of one run."""
+
+    datamodule: DiffusionDataModule
+    module: DiffusionModule
+
+
+def build_sampler(cfg: DictConfig) -> dict[str, Any]:
+    """The sampler group: the sampler function, its number of steps, x̂ clipping and an optional sampling schedule."""
+    schedule = cfg.sampler.get("schedule")
+    return {
+        "fn": instantiate(cfg.sampler.fn),
+        "steps": int(cfg.sampler.steps),
+        "clip_x": bool(cfg.sampler.clip_x),
+        "schedule": instantiate(schedule) if schedule else None,
+    }
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's config as plain containers, without Hydra's own node: what checkpoints store."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Instantiate the datamodule (no data is read yet) and a DiffusionModule sized for it."""
+    datamodule = instantiate(cfg.dataset)
+    net = instantiate(cfg.model, data_shape=datamodule.data_shape)
+    module = instantiate(
+        cfg.module,
+        net=net,
+        schedule=instantiate(cfg.schedule),
+        weighting=instantiate(cfg.weighting),
+        parameterization=instantiate(cfg.parameterization),
+        num_levels=datamodule.num_levels,
+        data_shape=datamodule.data_shape,
+        sampler=build_sampler(cfg),
+        seed=cfg.seed,
+        _convert_="partial",
+    )
+    module.run_config = resolved_config(cfg)  # not through instantiate: it holds _target_ keys of its own
+    return Run(datamodule=datamodule, module=module)
