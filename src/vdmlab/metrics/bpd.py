@@ -1,0 +1,216 @@
+"""Bits/dim as a torchmetric, exact under DDP, and a dataloader loop that evaluates the ELBO in bits/dim.
+
+The metric knows nothing about the model: the caller computes ``negative_elbo(...).total`` (nats per example,
+``[B]``) and passes it to :meth:`BitsPerDim.update`; bits/dim = nats / (D · ln 2) is applied in ``compute``.
+
+Exact distributed evaluation (design §6). Lightning's ``DistributedSampler`` pads the dataset with duplicates
+of its first examples until it divides by the world size (7 examples on 2 ranks → 8, one duplicate), so
+summing per-rank statistics counts the padded examples twice. To count every example once:
+
+1. wrap the evaluation dataset in :class:`UniqueIndexDataset`, whose items are ``(index, x)``;
+2. call ``metric.update(nats, index=index)``: the per-example nats and dataset indices are kept in list
+   states reduced by concatenation (``dist_reduce_fx="cat"``);
+3. ``compute()`` gathers them from all ranks and drops repeated indices (keeping the first occurrence in
+   rank order) before averaging.
+
+Without ``index`` the metric keeps running float64 sums only (O(1) memory), which is exact on one process
+or with a sampler that does not pad. One metric instance must use one mode. In index mode every rank must
+have called ``update`` at least once before ``compute`` (always true with ``DistributedSampler``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from vdmlab.diffusion.likelihood import negative_elbo
+from vdmlab.diffusion.parameterization import Parameterization
+from vdmlab.diffusion.schedules import Schedule
+
+
+class UniqueIndexDataset(Dataset):
+    """Wraps a dataset so that item i is ``(i, dataset[i])``: the index lets metrics drop DDP padding duplicates."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return index, self.dataset[index]
+
+
+def split_index_batch(batch) -> tuple[Tensor | None, Tensor]:
+    """``(index, x)`` from a batch of :class:`UniqueIndexDataset` or ``(None, x)`` from a plain tensor batch."""
+    if isinstance(batch, Tensor):
+        return None, batch
+    index, x = batch
+    return index, x
+
+
+def mean_and_standard_error(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Sample mean and its standard error sqrt(s²/n), s² the unbiased (n - 1) sample variance."""
+    n = values.numel()
+    var = values.var(unbiased=True) if n > 1 else torch.full_like(values.sum(), math.nan)
+    return values.mean(), (var / n).sqrt()
+
+
+class BitsPerDim(Metric):
+    """Mean negative ELBO in bits/dim over examples, with the standard error of that mean.
+
+    ``update(nats [B], index=None)``; ``compute()`` → mean bits/dim (float64 scalar);
+    ``stats()`` → ``{"bpd", "bpd_se", "n"}`` (synchronised across ranks). See the module docstring for the
+    DDP-exact ``index`` mode.
+
+    Args:
+        data_dim: D, the number of scalar dimensions per example (e.g. 64 for 1x8x8 digits); may instead be
+            given on the first ``update``.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    sum_nats: Tensor
+    sum_sq: Tensor
+    count: Tensor
+
+    def __init__(self, data_dim: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dim = None if data_dim is None else int(data_dim)
+        self.add_state("sum_nats", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("values", [], dist_reduce_fx="cat")  # per-example nats, float64 (index mode)
+        self.add_state("indices", [], dist_reduce_fx="cat")  # their dataset indices, int64 (index mode)
+
+    def update(self, nats: Tensor, index: Tensor | None = None, data_dim: int | None = None) -> None:
+        """Add per-example negative ELBOs ``nats`` ``[B]`` (in nats), optionally with their dataset indices."""
+        if data_dim is not None:
+            if self.data_dim not in (None, int(data_dim)):
+                raise ValueError(f"data_dim={data_dim} differs from the metric's data_dim={self.data_dim}")
+            self.data_dim = int(data_dim)
+        nats = nats.detach().reshape(-1).to(torch.float64)
+        if index is None:
+            if self.values:
+                raise ValueError("BitsPerDim got updates with and without `index`; use one mode per metric")
+            self.sum_nats += nats.sum()
+            self.sum_sq += nats.pow(2).sum()
+            self.count += nats.numel()
+            return
+        index = torch.as_tensor(index, device=nats.device).reshape(-1).to(torch.long)
+        if index.numel() != nats.numel():
+            raise ValueError(f"index has {index.numel()} entries but nats has {nats.numel()}")
+        if int(self.count) > 0:
+            raise ValueError("BitsPerDim got updates with and without `index`; use one mode per metric")
+        self.values.append(nats)
+        self.indices.append(index)
+
+    def per_example_nats(self) -> Tensor:
+        """Per-example nats with repeated indices dropped (first occurrence kept), in index mode; ``[N]``."""
+        values, indices = dim_zero_cat(self.values).reshape(-1), dim_zero_cat(self.indices).reshape(-1).long()
+        unique, inverse = torch.unique(indices, return_inverse=True)
+        position = torch.arange(indices.numel(), device=indices.device)
+        first = torch.full((unique.numel(),), indices.numel(), device=indices.device, dtype=torch.long)
+        first = first.scatter_reduce(0, inverse, position, reduce="amin")
+        return values.to(torch.float64)[first]
+
+    def _index_mode(self) -> bool:
+        """Whether the (possibly synchronised) states hold per-example values."""
+        values = self.values
+        return bool(values) if isinstance(values, list) else values.numel() > 0
+
+    def _stats(self) -> dict[str, Tensor]:
+        """Mean and standard error in bits/dim, and n, from the current (possibly synchronised) states."""
+        if self.data_dim is None:
+            raise ValueError("BitsPerDim needs data_dim (in __init__ or on update) to convert nats to bits/dim")
+        if self._index_mode():
+            values = self.per_example_nats()
+            n = torch.tensor(values.numel())
+            mean, se = mean_and_standard_error(values)
+        else:
+            n = self.count
+            mean = self.sum_nats / n
+            var = (self.sum_sq - n * mean.pow(2)) / (n - 1)  # unbiased, float64
+            se = (var.clamp(min=0.0) / n).sqrt()
+        scale = self.data_dim * math.log(2.0)
+        return {"bpd": mean / scale, "bpd_se": se / scale, "n": n}
+
+    def compute(self) -> Tensor:
+        """Mean bits/dim over the examples seen (each counted once in index mode), a float64 scalar."""
+        return self._stats()["bpd"]
+
+    def stats(self) -> dict[str, Tensor]:
+        """``{"bpd": mean, "bpd_se": standard error of the mean, "n": examples}``, synchronised across ranks.
+
+        Under DDP this is a collective call: every rank must call it.
+        """
+        with self.sync_context():
+            return self._stats()
+
+    def standard_error(self) -> Tensor:
+        """Standard error of the mean bits/dim, sqrt(s²/n) from the per-example values (collective under DDP)."""
+        return self.stats()["bpd_se"]
+
+
+TERMS = ("diffusion", "prior", "reconstruction")
+
+
+def evaluate_bpd(
+    net: nn.Module,
+    schedule: Schedule,
+    parameterization: Parameterization,
+    dataloader: Iterable,
+    num_levels: int,
+    num_samples: int = 1,
+    timesteps: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """The negative ELBO (eq. 3.60) over a dataloader, in bits/dim, with each term and the standard error.
+
+    Batches are tensors ``x`` or ``(index, x)`` pairs from :class:`UniqueIndexDataset`. Runs under
+    ``torch.no_grad`` (not ``inference_mode``: the energy parameterization differentiates internally) with
+    ``net`` in eval mode, restoring its mode afterwards. With ``device`` given, ``net`` and ``schedule`` are
+    moved there; ``generator`` (if any) must live on that device.
+
+    Returns ``{"bpd", "bpd_se", "diffusion", "prior", "reconstruction", "n", "seconds"}``; the three terms are
+    mean bits/dim and add up to ``bpd``.
+    """
+    if device is not None:
+        net.to(device)
+        schedule.to(device)
+    else:
+        device = next(iter(net.parameters()), torch.empty(0)).device
+    metrics = {name: BitsPerDim() for name in ("bpd", *TERMS)}
+    was_training = net.training
+    net.eval()
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for batch in dataloader:
+                _, x = split_index_batch(batch)
+                x = x.to(device)
+                terms = negative_elbo(
+                    x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
+                    num_samples=num_samples, timesteps=timesteps, generator=generator,
+                )
+                data_dim = x[0].numel()
+                metrics["bpd"].update(terms.total.cpu(), data_dim=data_dim)
+                for name in TERMS:
+                    metrics[name].update(getattr(terms, name).cpu(), data_dim=data_dim)
+    finally:
+        net.train(was_training)
+    total = metrics["bpd"].stats()
+    result = {"bpd": float(total["bpd"]), "bpd_se": float(total["bpd_se"])}
+    result.update({name: float(metrics[name].compute()) for name in TERMS})
+    result.update(n=int(total["n"]), seconds=time.perf_counter() - start)
+    return result

@@ -1,0 +1,280 @@
+"""FID as a torchmetric whose feature extractor stays out of the LightningModule (design §6, FID traps).
+
+:class:`FIDMetric` extends torchmetrics' ``FrechetInceptionDistance`` (its float64 feature sums, its DDP
+reduction, ``reset_real_features``) with:
+
+- two extractors that both take images in the data convention, floats in [-1, 1], ``[B, C, H, W]``:
+  ``feature="digits"`` (default): the 64-d penultimate features of the shipped digits classifier
+  (:mod:`vdmlab.metrics.digits_classifier`), on ``[B, 1, 8, 8]`` digits as they are (no rescaling);
+  ``feature="inception"``/``2048`` (or 64/192/768): InceptionV3 (torch-fidelity weights, the reference FID
+  network). Images are mapped to uint8 by round((x + 1)·127.5), grayscale is repeated to 3 channels and the
+  resize to 299x299 is torch-fidelity's TF1-compatible bilinear one (``antialias=False``, as in the reference);
+- the extractor kept out of module registration: it is never in ``state_dict()`` (of the metric or of a
+  LightningModule holding it), never switched to train mode, never wrapped by DDP, never cast by ``.half()``;
+  it follows the images' device on ``update``;
+- ``compute()`` returning the float64 value (torchmetrics casts it to the features' float32), and
+  :meth:`FIDMetric.compute_dict`, which reports the score with its sample count,
+  ``{"fid", "fid_n", "fid_n_real"}`` (FID@2k ≠ FID@50k).
+
+Distributed evaluation: feature sums are summed over ranks, so each image must be fed on exactly one rank.
+Feed real images with :meth:`FIDMetric.update_from_dataset` (unpadded shards, not ``DistributedSampler``) and
+generate ``len(shard_indices(n_fake))`` samples per rank, so that the ranks together make exactly ``n_fake``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from vdmlab.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
+INCEPTION_FEATURES = (64, 192, 768, 2048)
+
+
+class InceptionWeightsNotFoundError(FileNotFoundError):
+    """The InceptionV3 weights for FID are neither at the given path nor downloadable (offline machine)."""
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1] → uint8 in [0, 255] by round((x + 1)·127.5), after clamping."""
+    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+class FrozenExtractor(nn.Module):
+    """Base of the FID extractors: no gradients and always in eval mode, whatever ``train()`` is asked."""
+
+    num_features: int
+
+    def train(self, mode: bool = True) -> FrozenExtractor:
+        return super().train(False)
+
+
+class DigitsFeatures(FrozenExtractor):
+    """Digits-classifier features of ``[B, 1, 8, 8]`` images in [-1, 1] → ``[B, 64]`` (float32, no autocast)."""
+
+    def __init__(self, classifier: DigitsClassifier | None = None):
+        super().__init__()
+        self.classifier = (classifier if classifier is not None else load_digits_classifier()).requires_grad_(False)
+        self.num_features = self.classifier.num_features
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.classifier.features(x.float())
+
+
+def inception_hub_path() -> Path:
+    """Where torch-fidelity downloads (and looks for) the InceptionV3 weights: ``<torch hub>/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+def _weights_help() -> str:
+    return (
+        f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access and either put it at "
+        f"{inception_hub_path()} (the torch hub cache; TORCH_HOME moves it) or pass its path as "
+        f"fid.inception_path=/path/to/{INCEPTION_WEIGHTS_FILE}"
+    )
+
+
+class InceptionFeatures(FrozenExtractor):
+    """InceptionV3 pool features of images in [-1, 1], 1 or 3 channels, any size → ``[B, num_features]``.
+
+    Args:
+        num_features: 2048 (the standard FID layer), 768, 192 or 64.
+        weights_path: a local copy of torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``; None means
+            the torch hub cache, downloading there when online.
+    """
+
+    def __init__(self, num_features: int = 2048, weights_path: str | os.PathLike | None = None):
+        super().__init__()
+        if num_features not in INCEPTION_FEATURES:
+            raise ValueError(f"Inception FID features must be one of {INCEPTION_FEATURES}, got {num_features!r}")
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+            from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+        except ImportError as err:  # pragma: no cover - torchmetrics is a core dependency
+            raise ModuleNotFoundError("Inception FID needs torchmetrics' image module") from err
+        if not _TORCH_FIDELITY_AVAILABLE:
+            raise ModuleNotFoundError("Inception FID needs torch-fidelity: pip install 'vdmlab[fid]'")
+        if weights_path is not None:
+            weights_path = Path(weights_path).expanduser()
+            if not weights_path.is_file():
+                raise InceptionWeightsNotFoundError(
+                    f"InceptionV3 weights not found at fid.inception_path={weights_path}; {_weights_help()}"
+                )
+        try:
+            self.inception = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=[str(num_features)],
+                feature_extractor_weights_path=None if weights_path is None else str(weights_path),
+                antialias=False,
+            )
+        except Exception as err:  # URLError (offline), unpickling or key errors (corrupt file): all mean "get the file"
+            where = weights_path if weights_path is not None else inception_hub_path()
+            raise InceptionWeightsNotFoundError(
+                f"could not load the InceptionV3 weights for FID from {where} ({type(err).__name__}: {err}); "
+                f"{_weights_help()}"
+            ) from err
+        self.num_features = num_features
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.inception(to_uint8(x))
+
+
+def build_extractor(feature: str | int | nn.Module = "digits", inception_path: str | os.PathLike | None = None) -> nn.Module:
+    """The FID feature extractor named by ``feature``: "digits", "inception", 64/192/768/2048, or a module as is."""
+    if isinstance(feature, nn.Module):
+        return feature
+    if feature == "digits":
+        return DigitsFeatures()
+    if feature == "inception":
+        return InceptionFeatures(2048, inception_path)
+    if isinstance(feature, (int, str)) and str(feature).isdigit() and int(feature) in INCEPTION_FEATURES:
+        return InceptionFeatures(int(feature), inception_path)
+    raise ValueError(f"fid.feature must be 'digits', 'inception' or one of {INCEPTION_FEATURES}, got {feature!r}")
+
+
+def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> Tensor:
+    """‖μ₁ - μ₂‖² + tr(Σ₁ + Σ₂ - 2(Σ₁Σ₂)^½), the Fréchet distance of two Gaussians (Dowson & Landau 1982).
+
+    tr((Σ₁Σ₂)^½) is the sum of the square roots of the eigenvalues of Σ₁Σ₂, which are real and >= 0 (Σ₁Σ₂ is
+    similar to the PSD Σ₁^½Σ₂Σ₁^½); round-off may make tiny ones negative, whose complex roots have real part 0.
+    """
+    tr_sqrt = torch.linalg.eigvals(cov1 @ cov2).sqrt().real.sum()
+    return (mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2.0 * tr_sqrt
+
+
+def mean_and_covariance(feature_sum: Tensor, cov_sum: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased covariance from Σf, Σffᵀ and n (float64)."""
+    mean = feature_sum / n
+    return mean, (cov_sum - n * torch.outer(mean, mean)) / (n - 1)
+
+
+def shard_indices(n: int, rank: int | None = None, world_size: int | None = None) -> range:
+    """This rank's share ``range(rank, n, world_size)`` of n items: disjoint, no padding, all ranks cover n.
+
+    Defaults to the current torch.distributed rank and world size (0 and 1 when not distributed).
+    """
+    if rank is None or world_size is None:
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if dist else 0
+        world_size = torch.distributed.get_world_size() if dist else 1
+    return range(rank, n, world_size)
+
+
+class FIDMetric(FrechetInceptionDistance):
+    """Fréchet distance between feature statistics of real and generated images, in [-1, 1] float images.
+
+    ``update(imgs, real)``, ``compute()`` → float64 FID, ``compute_dict()`` → ``{"fid", "fid_n", "fid_n_real"}``.
+
+    Args:
+        feature: "digits" (default), "inception" (= 2048), 64/192/768/2048, or an extractor module taking
+            [-1, 1] images and returning ``[B, F]`` with a ``num_features`` attribute.
+        inception_path: local InceptionV3 weights file (only for Inception features).
+        reset_real_features: False keeps the real statistics across ``reset()`` (compute them once).
+        kwargs: torchmetrics ``Metric`` arguments.
+    """
+
+    def __init__(
+        self,
+        feature: str | int | nn.Module = "digits",
+        inception_path: str | os.PathLike | None = None,
+        reset_real_features: bool = True,
+        **kwargs,
+    ):
+        extractor = build_extractor(feature, inception_path)
+        super().__init__(feature=extractor, reset_real_features=reset_real_features, normalize=True, **kwargs)
+        # Out of registration: not in state_dict(), not reached by train()/half()/DDP (design §6).
+        del self._modules["inception"]
+        object.__setattr__(self, "inception", extractor)
+        extractor.requires_grad_(False).eval()
+
+    @property
+    def extractor(self) -> nn.Module:
+        """The feature extractor (frozen, eval mode, not a registered submodule)."""
+        return self.inception
+
+    @property
+    def num_fake(self) -> int:
+        """Generated images fed on this rank (use :meth:`compute_dict` for the all-rank count)."""
+        return int(self.fake_features_num_samples)
+
+    @property
+    def num_real(self) -> int:
+        """Real images fed on this rank."""
+        return int(self.real_features_num_samples)
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """Add the features of ``imgs`` (floats in [-1, 1], ``[B, C, H, W]``) to the real or fake statistics."""
+        param = next(self.inception.parameters(), None)
+        if param is not None and param.device != imgs.device:
+            self.inception.to(imgs.device)
+        with torch.no_grad():
+            super().update(imgs, real)
+
+    def update_from_dataset(self, dataset: Sequence, real: bool = True, batch_size: int = 256) -> int:
+        """Feed every item of ``dataset`` once across ranks (unpadded shards); items are x or (index, x).
+
+        Returns the number of images fed on this rank.
+        """
+        indices = shard_indices(len(dataset))
+        for start in range(0, len(indices), batch_size):
+            items = [dataset[i] for i in indices[start : start + batch_size]]
+            x = torch.stack([item[1] if isinstance(item, (tuple, list)) else item for item in items])
+            self.update(x.to(self.device), real=real)
+        return len(indices)
+
+    def _fid(self) -> Tensor:
+        """FID (float64) from the current, possibly synchronised, states."""
+        if self.real_features_num_samples < 2 or self.fake_features_num_samples < 2:
+            raise RuntimeError(
+                f"FID needs at least 2 real and 2 generated images, got {int(self.real_features_num_samples)} "
+                f"and {int(self.fake_features_num_samples)}"
+            )
+        mu_r, cov_r = mean_and_covariance(self.real_features_sum, self.real_features_cov_sum, self.real_features_num_samples)
+        mu_f, cov_f = mean_and_covariance(self.fake_features_sum, self.fake_features_cov_sum, self.fake_features_num_samples)
+        return frechet_distance(mu_r, cov_r, mu_f, cov_f)
+
+    def compute(self) -> Tensor:
+        """FID between the real and the generated statistics (float64 scalar, summed over ranks)."""
+        return self._fid()
+
+    def compute_dict(self) -> dict[str, float | int]:
+        """``{"fid": value, "fid_n": generated images, "fid_n_real": real images}``, all ranks together.
+
+        Under DDP this is a collective call: every rank must call it.
+        """
+        with self.sync_context():
+            return {
+                "fid": float(self._fid()),
+                "fid_n": int(self.fake_features_num_samples),
+                "fid_n_real": int(self.real_features_num_samples),
+            }
+
+
+def fid_from_images(
+    real: Tensor,
+    fake: Tensor,
+    feature: str | int | nn.Module = "digits",
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    inception_path: str | os.PathLike | None = None,
+) -> float:
+    """FID between two image tensors in [-1, 1], ``[N, C, H, W]``, fed in batches of ``batch_size``."""
+    metric = FIDMetric(feature=feature, inception_path=inception_path)
+    device = torch.device(device) if device is not None else real.device
+    metric.to(device)
+    for images, is_real in ((real, True), (fake, False)):
+        for start in range(0, images.shape[0], batch_size):
+            metric.update(images[start : start + batch_size].to(device), real=is_real)
+    return float(metric.compute())
