@@ -21,11 +21,14 @@ def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: 
     """Four panels: λ(t), p(λ) = -dt/dλ, w(λ) (normalised to max 1) and p_w(t) when w is monotonic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    t = torch.linspace(0, 1, 501)
+    state = next(iter([*schedule.parameters(), *schedule.buffers()]), None)  # learned/adaptive: on their device
+    device = state.device if state is not None else torch.device("cpu")
+    t = torch.linspace(0, 1, 501, device=device)
     logsnr = schedule.logsnr(t).float().cpu()
-    grid = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, 501)
-    density = schedule.density(grid).float().cpu()
-    w = weighting(grid, density).float()
+    grid = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, 501, device=device)
+    density = schedule.density(grid)
+    w = weighting(grid, density).float().cpu()
+    t, grid, density = t.cpu(), grid.cpu(), density.float().cpu()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), dpi=90)
     axes[0].plot(t, logsnr)
     axes[0].set(xlabel="t", ylabel="λ(t)", title="schedule")
@@ -36,7 +39,7 @@ def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: 
     axes[2].set(xlabel="λ", ylabel="w(λ)/max w", title=f"weighting {weighting.name} ({kind})")
     try:
         with torch.enable_grad():
-            p_w = augmentation_kernel(weighting, schedule, t.clamp(1e-4, 1 - 1e-4)).detach()
+            p_w = augmentation_kernel(weighting, schedule, t.clamp(1e-4, 1 - 1e-4).to(device)).detach().cpu()
         axes[3].plot(t, p_w)
         axes[3].set(xlabel="t", ylabel="p_w(t)", title="augmentation kernel p_w(t)")
     except ValueError as error:  # non-monotonic or constant weightings have no kernel density
@@ -68,8 +71,15 @@ class SchedulePlot(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._plot(trainer, pl_module, "start")
 
+    @staticmethod
+    def _adapts(pl_module: L.LightningModule) -> bool:
+        return any(True for _ in pl_module.schedule.parameters()) or any(True for _ in pl_module.schedule.buffers())
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        adapts = any(True for _ in pl_module.schedule.parameters()) or any(True for _ in pl_module.schedule.buffers())
-        if trainer.sanity_checking or not adapts or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or not self._adapts(pl_module) or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         self._plot(trainer, pl_module, f"epoch_{trainer.current_epoch + 1:04d}")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._adapts(pl_module):  # the schedule as trained, whatever the cadence
+            self._plot(trainer, pl_module, "end")

@@ -72,5 +72,5 @@ def diffusion_loss(
     eps_hat = parameterization.predict(net, z_t, logsnr).eps_hat
     mse = (eps - eps_hat).pow(2).flatten(1).sum(1)  # [B]
     elbo = 0.5 * inv_density * mse  # [B]
-    w = weighting(logsnr, 1.0 / inv_density)  # [B]
+    w = weighting(logsnr, (1.0 / inv_density).detach())  # [B]; p detached: a learned schedule never moves the target w
     return LossTerms(loss=w * elbo, elbo=elbo, mse=mse, logsnr=logsnr)
