@@ -103,9 +103,10 @@ def test_digits_loaders(digits: DigitsDataModule):
     assert len(train) == 1437 // 64  # drop_last
     batch = next(iter(train))
     assert batch.shape == (64, 1, 8, 8) and batch.dtype == torch.float32
-    val = torch.cat(list(digits.val_dataloader()))
-    assert torch.equal(val, stack(digits.val_set))  # no shuffle, no drop
-    assert torch.equal(torch.cat(list(digits.test_dataloader())), stack(digits.test_set))
+    for loader, dataset in ((digits.val_dataloader(), digits.val_set), (digits.test_dataloader(), digits.test_set)):
+        indices, xs = zip(*loader)  # evaluation batches carry dataset indices for exact DDP metrics
+        assert torch.equal(torch.cat(xs), stack(dataset))  # no shuffle, no drop
+        assert torch.equal(torch.cat(indices), torch.arange(len(dataset)))
 
 
 def test_loader_settings():

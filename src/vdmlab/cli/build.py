@@ -9,6 +9,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vdmlab.cli.checkpoints import CheckpointError, load_checkpoint
 from vdmlab.data.base import DiffusionDataModule
 from vdmlab.module import DiffusionModule
 
@@ -50,8 +51,28 @@ def build_run(cfg: DictConfig) -> Run:
         num_levels=datamodule.num_levels,
         data_shape=datamodule.data_shape,
         sampler=build_sampler(cfg),
+        fid=OmegaConf.to_container(cfg.fid, resolve=True) if cfg.get("fid") else None,
         seed=cfg.seed,
         _convert_="partial",
     )
     module.run_config = resolved_config(cfg)  # not through instantiate: it holds _target_ keys of its own
     return Run(datamodule=datamodule, module=module)
+
+
+def build_from_checkpoint(path: str, overrides: dict[str, Any] | None = None) -> Run:
+    """Rebuild a run from the config stored in one of its checkpoints and load its weights (EMA included).
+
+    ``overrides`` (dotted keys → values, e.g. ``{"dataset.root": "/data"}``) adjust the stored config first.
+    """
+    checkpoint = load_checkpoint(path)
+    stored = checkpoint["vdmlab"].get("config")
+    if not stored:
+        raise CheckpointError(f"checkpoint {path} holds no run config; it was not written by python train.py")
+    cfg = OmegaConf.create(stored)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    built = build_run(cfg)
+    built.module.load_state_dict(checkpoint["state_dict"])
+    built.module.on_load_checkpoint(checkpoint)
+    built.module.eval()
+    return built

@@ -14,7 +14,7 @@ import math
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -73,6 +73,79 @@ class LevelDataset(Dataset):
         return levels_to_values(self.levels[index], self.num_levels)
 
 
+class UniqueIndexDataset(Dataset):
+    """Wraps a dataset so that item i is ``(i, dataset[i])``: the index lets metrics drop DDP padding duplicates."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return index, self.dataset[index]
+
+
+def split_index_batch(batch) -> tuple[Tensor | None, Tensor]:
+    """``(index, x)`` from a batch of :class:`UniqueIndexDataset` or ``(None, x)`` from a plain tensor batch."""
+    if isinstance(batch, Tensor):
+        return None, batch
+    index, x = batch
+    return index, x
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in an order that depends only on (seed, epoch), sharded across DDP ranks, and resumable.
+
+    With ``shuffle`` each epoch is ``randperm(n)`` from a generator seeded with ``seed + epoch`` (Lightning
+    calls :meth:`set_epoch`), so a resumed run sees the same order as an uninterrupted one. Under DDP the
+    order is padded with its first indices to a multiple of the world size and rank r takes every world-th
+    index from r (as ``DistributedSampler`` does; evaluation metrics drop the duplicates by index).
+    :meth:`skip` drops the examples a resumed epoch has already consumed; ``len`` stays that of a full epoch,
+    which is what Lightning's restored batch counter expects.
+    """
+
+    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True):
+        self.num_examples, self.seed, self.shuffle = int(num_examples), int(seed), bool(shuffle)
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, examples to skip in that epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def skip(self, epoch: int, num_examples: int) -> None:
+        """Skip the first ``num_examples`` of this rank's order the next time ``epoch`` is iterated."""
+        self._skip = (int(epoch), int(num_examples))
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_examples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_examples))
+        rank, world = _rank_and_world()
+        if world > 1:
+            order += order[: (-len(order)) % world]
+            order = order[rank::world]
+        return order
+
+    def __iter__(self):
+        order = self._order()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            order = order[self._skip[1] :]
+            self._skip = None
+        return iter(order)
+
+    def __len__(self) -> int:
+        _, world = _rank_and_world()
+        return -(-self.num_examples // world)
+
+
 class DiffusionDataModule(L.LightningDataModule, abc.ABC):
     """Base datamodule: batch sizes, seeded shuffling, idempotent ``setup`` and the K/shape contract.
 
@@ -117,6 +190,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._resume: dict[str, int] | None = None
 
     @property
     def data_dim(self) -> int:
@@ -139,18 +213,36 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
             self.setup()
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        """A DataLoader with the shared worker settings; training loaders shuffle (seeded) and drop_last."""
-        generator = torch.Generator().manual_seed(self.seed) if train else None
+        """A DataLoader with the shared worker settings; training loaders shuffle (seeded per epoch) and drop_last.
+
+        The sampler shards across DDP ranks itself (the trainer runs with ``use_distributed_sampler=False``)
+        and, for training, resumes mid-epoch from the position stored by :meth:`state_dict`.
+        """
+        sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=train)
+        if train and self._resume is not None:
+            sampler.skip(self._resume["epoch"], self._resume["batches_done"] * batch_size)
+            self._resume = None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
-            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the current epoch, so a resumed run continues with the same batches."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        return {"epoch": int(trainer.current_epoch),
+                "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Remember the position of a resumed epoch; the next training loader skips what was consumed."""
+        self._resume = dict(state_dict) if state_dict else None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (reproducibly, from ``seed``) training batches; the last incomplete batch is dropped."""
@@ -165,14 +257,15 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in a fixed order (no shuffle, no drop)."""
+        """Validation batches ``(index, x)`` in a fixed order (no shuffle, no drop); the index lets metrics
+        count every example once under DDP, where the sampler pads with duplicates."""
         self._require_setup()
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.val_set), self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches in a fixed order (no shuffle, no drop)."""
+        """Test batches ``(index, x)`` in a fixed order (no shuffle, no drop)."""
         self._require_setup()
-        return self._loader(self.test_set, self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.test_set), self.eval_batch_size, train=False)
 
 
 def _check_positive_int(name: str, value: int) -> None:

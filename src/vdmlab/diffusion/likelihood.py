@@ -79,6 +79,15 @@ class ELBOTerms:
         return self.diffusion + self.prior + self.reconstruction
 
 
+GOLDEN = 0.6180339887498949  # frac of the golden ratio: t_i = frac(u + i·φ) is low-discrepancy in i
+
+
+def per_example_normal(seeds: Tensor, shape: tuple[int, ...], device=None, dtype=torch.float32) -> Tensor:
+    """Standard normal rows where row i depends only on ``seeds[i]``: the same whatever the batch or DDP rank."""
+    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
 def negative_elbo(
     x: Tensor,
     *,
@@ -89,22 +98,34 @@ def negative_elbo(
     num_samples: int = 1,
     timesteps: int | None = None,
     generator: torch.Generator | None = None,
+    example_ids: Tensor | None = None,
+    seed: int = 0,
 ) -> ELBOTerms:
     """-VLB(x) per example with ``num_samples`` low-discrepancy λ draws for the diffusion term, eq. (3.60).
 
     Continuous time (eq. 3.134) when ``timesteps`` is None, else the discrete-T bound (eqs. 3.62, A.38).
+    The noise comes from ``generator``, or, when ``example_ids`` (dataset indices) are given, from
+    per-example seeds with times t = frac(u + id·φ): then every example's estimate is independent of how
+    the data are batched or sharded across DDP ranks.
     """
     batch = x.shape[0]
     ends = torch.tensor([schedule.logsnr_max, schedule.logsnr_min], device=x.device, dtype=x.dtype)
     logsnr_0, logsnr_1 = (e.expand(batch) for e in ends)
-    z_0 = diffuse(x, logsnr_0, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+    if example_ids is None:
+        t_0 = low_discrepancy_times(batch, generator=generator, device=x.device)
+        draws = [torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for _ in range(num_samples + 1)]
+    else:
+        ids = example_ids.long().cpu()
+        u = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
+        t_0 = torch.remainder(u + ids.double() * GOLDEN, 1.0).to(device=x.device, dtype=x.dtype)
+        draws = [per_example_normal(ids * (num_samples + 1) + k + 1_000_003 * seed, x.shape[1:], x.device, x.dtype)
+                 for k in range(num_samples + 1)]
+    z_0 = diffuse(x, logsnr_0, draws[0])
     diffusion = torch.zeros(batch, device=x.device, dtype=x.dtype)
-    t_0 = low_discrepancy_times(batch, generator=generator, device=x.device)
     for k in range(num_samples):
         t = torch.remainder(t_0 + k / num_samples, 1.0)  # stratified per example and across the batch
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         terms = diffusion_loss(
-            x, t, eps, net=net, schedule=schedule, weighting=ELBOWeighting(),
+            x, t, draws[k + 1], net=net, schedule=schedule, weighting=ELBOWeighting(),
             parameterization=parameterization, timesteps=timesteps,
         )
         diffusion = diffusion + terms.elbo.detach() / num_samples

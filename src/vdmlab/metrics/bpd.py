@@ -26,34 +26,13 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from vdmlab.data.base import UniqueIndexDataset, split_index_batch  # noqa: F401 - re-exported
 from vdmlab.diffusion.likelihood import negative_elbo
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.schedules import Schedule
-
-
-class UniqueIndexDataset(Dataset):
-    """Wraps a dataset so that item i is ``(i, dataset[i])``: the index lets metrics drop DDP padding duplicates."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        return index, self.dataset[index]
-
-
-def split_index_batch(batch) -> tuple[Tensor | None, Tensor]:
-    """``(index, x)`` from a batch of :class:`UniqueIndexDataset` or ``(None, x)`` from a plain tensor batch."""
-    if isinstance(batch, Tensor):
-        return None, batch
-    index, x = batch
-    return index, x
 
 
 def mean_and_standard_error(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,8 +153,12 @@ def evaluate_bpd(
     timesteps: int | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    seed: int | None = None,
 ) -> dict[str, float]:
     """The negative ELBO (eq. 3.60) over a dataloader, in bits/dim, with each term and the standard error.
+
+    With ``seed`` and ``(index, x)`` batches the noise is drawn per example (``negative_elbo``'s
+    ``example_ids``), so the result does not depend on batching; otherwise it comes from ``generator``.
 
     Batches are tensors ``x`` or ``(index, x)`` pairs from :class:`UniqueIndexDataset`. Runs under
     ``torch.no_grad`` (not ``inference_mode``: the energy parameterization differentiates internally) with
@@ -197,11 +180,13 @@ def evaluate_bpd(
     try:
         with torch.no_grad():
             for batch in dataloader:
-                _, x = split_index_batch(batch)
+                index, x = split_index_batch(batch)
                 x = x.to(device)
+                per_example = seed is not None and index is not None
                 terms = negative_elbo(
                     x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
                     num_samples=num_samples, timesteps=timesteps, generator=generator,
+                    example_ids=index if per_example else None, seed=seed or 0,
                 )
                 data_dim = x[0].numel()
                 metrics["bpd"].update(terms.total.cpu(), data_dim=data_dim)

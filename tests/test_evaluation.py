@@ -1,0 +1,119 @@
+"""Evaluation: bits/dim of untrained vs trained models, val/test agreement, exactness under DDP, and the
+eval.py / sample.py commands on a checkpoint made by a short real training run."""
+
+import json
+import math
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, compose_config
+
+from vdmlab.cli import evaluate
+from vdmlab.cli.build import build_from_checkpoint, build_run
+from vdmlab.cli.train import run as train_run
+from vdmlab.data import DigitsDataModule
+from vdmlab.diffusion.parameterization import EpsParameterization
+from vdmlab.diffusion.schedules import LinearSchedule
+from vdmlab.diffusion.weighting import ELBOWeighting
+from vdmlab.metrics.bpd import evaluate_bpd
+from vdmlab.models import UNet
+from vdmlab.module import DiffusionModule
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint of a small digits model after a short real training run (25 epochs, 275 steps)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_config(out, ["trainer.max_epochs=25", "fid=null", "callbacks.sample_grid.every_n_epochs=1000",
+                               "module.lr_scheduler.warmup_steps=50", "logger=csv", "model.width=32",
+                               "model.num_res_blocks=2", "sampler.steps=20"])
+    train_run(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def eval_config(tmp_path, ckpt, overrides):
+    return compose_config(tmp_path / "eval", [f"ckpt_path={ckpt}", "logger=csv", *overrides], "eval")
+
+
+def test_untrained_bpd_is_finite_and_far_above_the_trained_one(trained, tmp_path):
+    built = build_from_checkpoint(str(trained))
+    fresh = build_run(compose_config(tmp_path / "fresh", ["fid=null"])).module
+    loader = evaluate.split_loader(built.datamodule, "val")
+    scores = {}
+    for name, module in (("trained", built.module), ("untrained", fresh)):
+        scores[name] = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, 17,
+                                    num_samples=4, seed=0)
+    assert math.isfinite(scores["untrained"]["bpd"])
+    assert scores["untrained"]["bpd"] > scores["trained"]["bpd"] + 2.0
+    assert scores["trained"]["bpd"] < math.log2(17)  # the uniform baseline
+
+
+def test_val_and_test_bpd_agree_within_standard_errors(trained, tmp_path):
+    results = {split: evaluate.run(eval_config(tmp_path / split, trained, [f"split={split}", "fid=null",
+                                                                           "bpd.num_samples=8"]))
+               for split in ("val", "test")}
+    val, test = results["val"], results["test"]
+    se = math.sqrt(val["val/bpd_se"] ** 2 + test["test/bpd_se"] ** 2)
+    assert abs(val["val/bpd"] - test["test/bpd"]) < 3 * se
+    for split, metrics in results.items():  # the three terms add up to the total
+        parts = metrics[f"{split}/diffusion"] + metrics[f"{split}/prior"] + metrics[f"{split}/reconstruction"]
+        assert parts == pytest.approx(metrics[f"{split}/bpd"], rel=1e-5)
+
+
+def test_eval_py_and_sample_py_run_on_the_checkpoint(trained, tmp_path):
+    env_log = f"paths.log_dir={tmp_path}"
+    result = subprocess.run([sys.executable, "eval.py", f"ckpt_path={trained}", "split=test", "fid.num_samples=200",
+                             "fid.steps=10", env_log], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/bpd" in result.stdout and "test/fid" in result.stdout
+    metrics = json.loads(next(tmp_path.glob("eval/runs/*/metrics.json")).read_text())
+    assert metrics["test/fid_n"] == 200 and math.isfinite(metrics["test/fid"])
+    result = subprocess.run([sys.executable, "sample.py", f"ckpt_path={trained}", "sampler=ddim", "sampler.steps=20",
+                             "sampling_schedule=cosine", "num_samples=16", env_log],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next(tmp_path.glob("sample/runs/*"))
+    x = np.load(run_dir / "samples.npz")["x"]
+    assert x.shape == (16, 1, 8, 8) and (run_dir / "samples.png").is_file()
+    levels = np.linspace(-1, 1, 17, dtype=np.float32)
+    assert np.isclose(x[..., None], levels, atol=1e-6).any(-1).all()  # decoded to the 17 data levels
+
+
+class SevenValDigits(DigitsDataModule):
+    """Digits with 7 validation examples: 2 DDP ranks must pad to 8, duplicating one example."""
+
+    def build_splits(self):
+        train, val, test = super().build_splits()
+        return train, torch.utils.data.Subset(val, range(7)), test
+
+
+def small_module():
+    torch.manual_seed(0)
+    net = UNet(width=16, num_res_blocks=1, data_shape=(1, 8, 8))
+    return DiffusionModule(net, LinearSchedule(-5.0, 10.0), ELBOWeighting(), EpsParameterization(), 17, (1, 8, 8),
+                           optimizer=partial(torch.optim.AdamW, lr=1e-3), eval_num_samples=2)
+
+
+@pytest.mark.slow
+def test_bits_per_dim_under_ddp_equals_single_process():
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+                            use_distributed_sampler=False)
+        results[devices] = trainer.validate(small_module(), datamodule=SevenValDigits(eval_batch_size=3),
+                                            verbose=False)[0]
+    assert results[2]["val/bpd"] == pytest.approx(results[1]["val/bpd"], rel=1e-6)
+    assert results[2]["val/bpd_se"] == pytest.approx(results[1]["val/bpd_se"], rel=1e-5)
+
+
+def test_checkpoint_holds_no_fid_extractor_weights(trained):
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
+    assert not [k for k in checkpoint["state_dict"] if "inception" in k or "extractor" in k or "classifier" in k]
+    assert Path(trained).stat().st_size < 20e6
