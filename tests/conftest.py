@@ -7,6 +7,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# W&B is the default logger: in-process tests never talk to W&B (nor write to ~/.config/wandb); the sweep tests
+# run train.py in subprocesses with their own environment and exercise the real offline mode.
+os.environ.setdefault("WANDB_MODE", "disabled")
 
 
 from pathlib import Path  # noqa: E402
