@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from vdmlab.data.base import split_index_batch
 from vdmlab.diffusion import likelihood
 from vdmlab.diffusion.losses import LossTerms, diffusion_loss, low_discrepancy_times
 from vdmlab.diffusion.parameterization import Parameterization
@@ -21,7 +21,13 @@ from vdmlab.diffusion.process import diffuse
 from vdmlab.diffusion.sampling import ancestral, generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
+from vdmlab.metrics.bpd import BitsPerDim
+from vdmlab.metrics.fid import FIDMetric, shard_indices
 from vdmlab.optim import EMA
+
+BPD_TERMS = ("bpd", "bpd_diffusion", "bpd_prior", "bpd_reconstruction")
+FID_DEFAULTS = {"every_n_epochs": 0, "num_samples": 1000, "feature": "auto", "inception_path": None,
+                "steps": 100, "batch_size": 500}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,8 +48,15 @@ class DiffusionModule(L.LightningModule):
         ema_decay, ema_warmup: EMA of the weights used for evaluation and sampling.
         eval_num_samples: λ draws per example for val/test bits/dim.
         sampler: ``{"fn": sampler function, "steps": int, "clip_x": bool}`` for sample grids.
+        fid: None (no FID) or ``{"every_n_epochs", "num_samples", "feature", "inception_path", "steps",
+            "batch_size"}``: val/fid every k epochs against the val split (0: never) and test/fid at the end
+            against the test split, from ``num_samples`` EMA samples; ``feature: auto`` picks the shipped
+            digits classifier for 8x8 digits and Inception-2048 otherwise.
         seed: base seed of the training noise; each DDP rank offsets it (design §6).
         nonfinite_patience: stop after this many consecutive non-finite steps (each is skipped).
+        compile: ``torch.compile`` the denoiser for the training forward (the weights and checkpoint keys are
+            those of the plain module).
+        channels_last: keep image denoisers and batches in channels-last memory format (faster convs on GPUs).
         run_config: the resolved run config, stored in checkpoints so eval/sample can rebuild the run.
     """
 
@@ -63,8 +76,11 @@ class DiffusionModule(L.LightningModule):
         ema_warmup: bool = True,
         eval_num_samples: int = 1,
         sampler: dict | None = None,
+        fid: dict | None = None,
         seed: int = 0,
         nonfinite_patience: int = 20,
+        compile: bool = False,
+        channels_last: bool = False,
         run_config: dict | None = None,
     ):
         super().__init__()
@@ -81,6 +97,29 @@ class DiffusionModule(L.LightningModule):
         self._noise_generator: torch.Generator | None = None
         self._noise_state: Tensor | None = None
         self.nonfinite_steps, self._nonfinite_run = 0, 0
+        self.channels_last = bool(channels_last) and len(self.data_shape) == 3
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # compiled training forward, kept out of module registration so state_dict keys stay those of ``net``
+        object.__setattr__(self, "_train_net", torch.compile(self.net) if compile else self.net)
+        # per-term bits/dim, each example counted once under DDP (indices from the evaluation loaders)
+        self.bpd_metrics = nn.ModuleDict({f"{stage}_{term}": BitsPerDim(self.data_dim)
+                                          for stage in ("val", "test") for term in BPD_TERMS})
+        self.fid_config = None if fid is None else {**FID_DEFAULTS, **fid}
+        if self.fid_config is not None:
+            feature = self.fid_config["feature"]
+            if feature == "auto":
+                feature = "digits" if (self.data_shape, self.num_levels) == ((1, 8, 8), 17) else 2048
+            self.fid_metrics = nn.ModuleDict({stage: FIDMetric(feature, self.fid_config["inception_path"],
+                                                               reset_real_features=False)
+                                              for stage in ("val", "test")})
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1 and getattr(self.trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise ValueError(
+                "vdmlab's datamodules shard the data across DDP ranks themselves (resumable, each example counted "
+                "once); create the Trainer with use_distributed_sampler=False (the trainer configs do)"
+            )
 
     # ------------------------------------------------------------------ noise
     @property
@@ -103,7 +142,7 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _check_batch(self, batch: Any) -> Tensor:
-        x = batch[-1] if isinstance(batch, (tuple, list)) else batch
+        _, x = split_index_batch(batch)
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(
                 f"data of shape {tuple(x.shape[1:])} reached a model built for {self.data_shape}; "
@@ -121,23 +160,27 @@ class DiffusionModule(L.LightningModule):
         )
 
     def _endpoint_terms(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Prior KL and decoder NLL (eq. 3.60), each [B] nats; they depend only on the schedule's endpoints."""
-        ends = torch.tensor([self.schedule.logsnr_max, self.schedule.logsnr_min], device=x.device, dtype=x.dtype)
-        logsnr_0, logsnr_1 = (e.expand(x.shape[0]) for e in ends)
+        """Prior KL and decoder NLL (eq. 3.60), each [B] nats; they depend only on the schedule's endpoints
+        (differentiably so when the schedule trains them, e.g. ``schedule=learned schedule.learn_endpoints=true``)."""
+        logsnr_1, logsnr_0 = (e.expand(x.shape[0]) for e in self.schedule.endpoints(x))
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         z_0 = diffuse(x, logsnr_0, eps)
         return likelihood.prior_kl(x, logsnr_1), likelihood.decoder_nll(x, z_0, logsnr_0, self.num_levels)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x = self._check_batch(batch)
-        terms = self.loss_terms(x, self.noise_generator)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        terms = self.loss_terms(x, self.noise_generator, self._train_net)
         self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
         loss = terms.loss.mean()
         if not torch.isfinite(loss):
             self._skip_nonfinite("loss")
             return None
-        with torch.no_grad():
+        trained_ends = self.schedule.trainable_endpoints
+        with torch.set_grad_enabled(trained_ends):
             prior, reconstruction = self._endpoint_terms(x, self.noise_generator)
+        with torch.no_grad():
             bpd = likelihood.bits_per_dim(terms.elbo + prior + reconstruction, self.data_dim).mean()
         self.log_dict(
             {"train/loss": loss, "train/bpd": bpd, "train/loss_variance": terms.loss.var(),
@@ -145,6 +188,8 @@ class DiffusionModule(L.LightningModule):
             prog_bar=False, on_step=True, on_epoch=False, batch_size=x.shape[0],
         )
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
+        if trained_ends:  # the ELBO's prior and decoder terms train the endpoints (eq. 3.60)
+            return loss + (prior + reconstruction).mean()
         return loss
 
     def _skip_nonfinite(self, what: str) -> None:
@@ -161,7 +206,9 @@ class DiffusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all():
+        if not grads:  # the step was already skipped (non-finite loss)
+            return
+        if not torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all():
             for p in self.parameters():
                 p.grad = None  # AdamW skips parameters without gradients: the step becomes a no-op
             self._skip_nonfinite("gradient")
@@ -173,25 +220,62 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def _evaluation_step(self, batch: Any, batch_idx: int, stage: str) -> None:
-        x = self._check_batch(batch)
+        index, x = split_index_batch(batch)
+        x = self._check_batch(x)
         terms = likelihood.negative_elbo(
             x, net=self.ema.net, schedule=self.schedule, parameterization=self.parameterization,
             num_levels=self.num_levels, num_samples=self.eval_num_samples, timesteps=self.timesteps,
-            generator=self._eval_generator(batch_idx, stage),
+            generator=self._eval_generator(batch_idx, stage), example_ids=index,
+            seed=self.seed + (0 if stage == "val" else 7_919),
         )
-        to_bpd = partial(likelihood.bits_per_dim, data_dim=self.data_dim)
-        values = {
-            f"{stage}/bpd": to_bpd(terms.total).mean(),
-            f"{stage}/bpd_diffusion": to_bpd(terms.diffusion).mean(),
-            f"{stage}/bpd_prior": to_bpd(terms.prior).mean(),
-            f"{stage}/bpd_reconstruction": to_bpd(terms.reconstruction).mean(),
-            f"{stage}/loss": self.loss_terms(x, self._eval_generator(batch_idx, stage), self.ema.net).loss.mean(),
-        }
-        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0],
-                      prog_bar=False)
-        if stage == "val":
-            self.log("val_bpd", values["val/bpd"], prog_bar=True, logger=False, on_epoch=True, batch_size=x.shape[0],
-                     sync_dist=True)
+        for term, nats in zip(BPD_TERMS, (terms.total, terms.diffusion, terms.prior, terms.reconstruction)):
+            self.bpd_metrics[f"{stage}_{term}"].update(nats, index=index)
+        loss = self.loss_terms(x, self._eval_generator(batch_idx, stage), self.ema.net).loss.mean()
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+
+    def _log_evaluation(self, stage: str) -> None:
+        """Log the exact (deduplicated, all-rank) bits/dim terms and the standard error of the total."""
+        for term in BPD_TERMS:
+            metric = self.bpd_metrics[f"{stage}_{term}"]
+            if not metric.update_called:
+                continue
+            stats = metric.stats()
+            self.log(f"{stage}/{term}", float(stats["bpd"]), prog_bar=(term == "bpd"))
+            if term == "bpd":
+                self.log(f"{stage}/bpd_se", float(stats["bpd_se"]))
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+        every = self.fid_config["every_n_epochs"] if self.fid_config else 0
+        if every and not self.trainer.sanity_checking and (self.current_epoch + 1) % every == 0:
+            self._log_fid("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+        if self.fid_config is not None:
+            self._log_fid("test")
+
+    @torch.no_grad()
+    def _log_fid(self, stage: str) -> dict[str, float]:
+        """FID of ``num_samples`` EMA samples against the ``stage`` split, logged with its sample count."""
+        metric = self.fid_metrics[stage]
+        if int(metric.real_features_num_samples) == 0:
+            metric.update_from_dataset(getattr(self.trainer.datamodule, f"{stage}_set"), real=True)
+        cfg = self.fid_config
+        values = self.compute_fid(metric, cfg["num_samples"], cfg["steps"], cfg["batch_size"])
+        self.log_dict({f"{stage}/fid": values["fid"], f"{stage}/fid_n": float(values["fid_n"])})
+        return values
+
+    def compute_fid(self, metric: FIDMetric, num_samples: int, steps: int, batch_size: int = 500) -> dict[str, float]:
+        """Feed this rank's share of ``num_samples`` fresh EMA samples to ``metric`` and compute FID (collective)."""
+        metric.reset()  # keeps the real statistics (reset_real_features=False)
+        share = len(shard_indices(num_samples))
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + 31 * self.global_rank + 1)
+        for start in range(0, share, batch_size):
+            n = min(batch_size, share - start)
+            metric.update(self.sample(n, steps=steps, generator=generator), real=False)
+        return metric.compute_dict()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -224,6 +308,8 @@ class DiffusionModule(L.LightningModule):
             "config": self.run_config,
             "noise_generator": self.noise_generator.get_state() if self._trainer is not None else None,
             "nonfinite_steps": self.nonfinite_steps,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "num_levels": self.num_levels,
             "data_shape": list(self.data_shape),
         }
@@ -233,3 +319,7 @@ class DiffusionModule(L.LightningModule):
         self._noise_state = state.get("noise_generator")
         self._noise_generator = None
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        if state.get("torch_rng") is not None:  # global RNG (dropout, user code): restored for exact resume
+            torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,20 +11,23 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vdmlab.cli.build import build_run
-from vdmlab.cli.checkpoints import resolve_ckpt_path
+from vdmlab.cli.checkpoints import load_checkpoint, resolve_ckpt_path
 from vdmlab.cli.validate import validate_config
 
 log = logging.getLogger("vdmlab")
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, loggers)."""
+    """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, loggers); a factory may return
+    None to opt out (the W&B logger does when wandb is not installed)."""
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    built = [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [obj for obj in built if obj is not None]
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -48,9 +52,35 @@ def finish_loggers(loggers: list[Any]) -> None:
         pass
 
 
+def continue_in_run_dir(cfg: DictConfig, ckpt_path: str) -> None:
+    """Resume where the checkpoint's run lives: same output folder (logs appended, not replaced) and the
+    same W&B run id, so the logged curves continue."""
+    path = Path(ckpt_path).resolve()
+    if path.parent.name != "checkpoints":
+        return
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(path.parent.parent)
+        wandb_id = load_checkpoint(path).get("vdmlab_loggers", {}).get("wandb")
+        if wandb_id and cfg.get("logger") and "wandb" in cfg.logger:
+            cfg.logger.wandb.id = wandb_id
+            cfg.logger.wandb.resume = "allow"
+    log.info("resuming %s in %s", path, cfg.paths.output_dir)
+
+
+def save_final_checkpoint(trainer: L.Trainer, path: Path) -> None:
+    """Write the final state to last.ckpt (atomically), also when training stopped mid-epoch on max_steps."""
+    tmp = path.parent / ".last.ckpt.partial"
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the final val/bpd for sweepers."""
     validate_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
+    if ckpt_path:
+        continue_in_run_dir(cfg, ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     built = build_run(cfg)
@@ -65,7 +95,14 @@ def run(cfg: DictConfig) -> float | None:
     start = time.time()
     try:
         if cfg.get("train", True):
-            trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=resolve_ckpt_path(cfg))
+            try:
+                trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
+            except SIGTERMException:
+                print(f"\nInterrupted by SIGTERM at step {trainer.global_step}; the state is in "
+                      f"{output_dir / 'checkpoints' / 'last.ckpt'}. Resume with: python train.py ckpt_path=last "
+                      f"(plus the same overrides)", flush=True)
+                return None
+            save_final_checkpoint(trainer, output_dir / "checkpoints" / "last.ckpt")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
         if cfg.get("test", True):
             trainer.test(built.module, datamodule=built.datamodule, verbose=False)
