@@ -2,8 +2,9 @@
 
 Errata: three entries of Table 4.2 are printed with a sign or factor slip and are tested in their correct
 form: s from v̂ is -(σz + αv̂)/σ (printed with +αv̂), s from û is -(αû + z)/σ (printed -αû + z), and û from ε̂
-is (ε̂ - z)/α (printed with a factor α - σ). The v ↔ û entries mix VP (α² + σ² = 1) and rectified-flow
-(α + σ = 1) coordinates; they are tested through the VP mapping z_rf = z/(α + σ) of eq. (A.45).
+is (ε̂ - z)/α (printed with a factor α - σ). Also û from s is printed with the same α - σ slip. The v ↔ û entries mix VP (α² + σ² = 1) and
+rectified-flow (α + σ = 1) coordinates and do not hold as printed (û = z + v̂, v̂ = û - z); in VP coordinates,
+through z_rf = z/(α + σ) of eq. (A.45), û = (α + σ)v̂ + (σ - α)z.
 In Table 4.3, ‖ε - ε̂‖² = α²‖v - v̂‖² (printed 1/α², eq. 4.65: its derivation keeps x where x̂ belongs); the
 other entries, and eqs. (4.59, 4.74) which imply the α² factor, hold as printed.
 """
@@ -60,14 +61,20 @@ def test_table_4_2_vp_entries(draw):
 def test_table_4_2_flow_entries_in_rectified_flow_coordinates(draw):
     x, eps, logsnr, z, alpha, sigma = draw
     # rectified-flow coordinates (α_rf + σ_rf = 1), eq. (A.45): z_rf = z/(α + σ)
-    a_rf, s_rf, z_rf = alpha / (alpha + sigma), sigma / (alpha + sigma), z / (alpha + sigma)
+    a_rf, s_rf_, z_rf = alpha / (alpha + sigma), sigma / (alpha + sigma), z / (alpha + sigma)
     u = eps - x  # eq. 4.41
-    close(z_rf, a_rf * x + s_rf * eps)  # eq. 4.40
-    close(x, z_rf - s_rf * u)
+    close(z_rf, a_rf * x + s_rf_ * eps)  # eq. 4.40
+    close(x, z_rf - s_rf_ * u)
     close(eps, a_rf * u + z_rf)  # eq. 4.46
-    close(-eps / s_rf, -(a_rf * u + z_rf) / s_rf)  # erratum: printed (-αû + z)/σ
-    close(u, (z_rf - x) / s_rf)
+    close(-eps / s_rf_, -(a_rf * u + z_rf) / s_rf_)  # erratum: printed (-αû + z)/σ
+    close(u, (z_rf - x) / s_rf_)
     close(u, (eps - z_rf) / a_rf)  # erratum: printed with ε̂(α - σ)
+    s_rf = -eps / s_rf_
+    close(u, -(s_rf_ * s_rf + z_rf) / a_rf)  # û from s, erratum: printed with the same α - σ slip
+    # v̂ ↔ û across the two coordinate systems (VP v = αε - σx), errata: printed û = z + v̂ and v̂ = û - z
+    v = alpha * eps - sigma * x
+    close(u, (alpha + sigma) * v + (sigma - alpha) * z)
+    close(v, (u - (sigma - alpha) * z) / (alpha + sigma))
     # the library's VP flow parameterization implements exactly these maps
     flow = PZ.FlowParameterization()
     close(flow.from_eps(eps, z, logsnr), u)

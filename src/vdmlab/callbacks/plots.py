@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import matplotlib
+import torch
+from matplotlib.figure import Figure  # the OO API: no pyplot backend is touched (notebooks stay inline)
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from vdmlab.callbacks.samples import log_image  # noqa: E402
-from vdmlab.diffusion.schedules import Schedule  # noqa: E402
-from vdmlab.diffusion.weighting import Weighting, augmentation_kernel  # noqa: E402
+from vdmlab.callbacks.samples import log_image
+from vdmlab.diffusion.schedules import Schedule
+from vdmlab.diffusion.weighting import Weighting, augmentation_kernel
 
 
 @torch.no_grad()
@@ -29,7 +26,8 @@ def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: 
     density = schedule.density(grid)
     w = weighting(grid, density).float().cpu()
     t, grid, density = t.cpu(), grid.cpu(), density.float().cpu()
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), dpi=90)
+    fig = Figure(figsize=(16, 3.4), dpi=90)
+    axes = fig.subplots(1, 4)
     axes[0].plot(t, logsnr)
     axes[0].set(xlabel="t", ylabel="λ(t)", title="schedule")
     axes[1].plot(grid, density)
@@ -49,7 +47,6 @@ def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: 
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

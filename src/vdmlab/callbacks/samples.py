@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from torch import Tensor  # noqa: E402
+import numpy as np
+import torch
+import torchvision
+from matplotlib.figure import Figure  # the OO API: no pyplot backend is touched (notebooks stay inline)
+from torch import Tensor
 
 
 def save_samples(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
@@ -29,11 +26,11 @@ def save_samples(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
         torchvision.utils.save_image(grid, path)
     else:
         flat = x.reshape(x.shape[0], -1)
-        fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+        fig = Figure(figsize=(4, 4), dpi=100)
+        ax = fig.subplots()
         ax.scatter(flat[:, 0], flat[:, 1], s=3, alpha=0.6)
         ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), aspect="equal", title=f"{x.shape[0]} samples")
         fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
     return path
 
 
