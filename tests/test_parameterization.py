@@ -1,10 +1,10 @@
 """Tables 4.1, 4.2 and 4.3 as numeric identities on random x, ε and λ ∈ [-20, 20].
 
-Errata: three entries of Table 4.2 are printed with a sign or factor slip and are tested in their correct
-form: s from v̂ is -(σz + αv̂)/σ (printed with +αv̂), s from û is -(αû + z)/σ (printed -αû + z), and û from ε̂
-is (ε̂ - z)/α (printed with a factor α - σ). Also û from s is printed with the same α - σ slip. The v ↔ û entries mix VP (α² + σ² = 1) and
-rectified-flow (α + σ = 1) coordinates and do not hold as printed (û = z + v̂, v̂ = û - z); in VP coordinates,
-through z_rf = z/(α + σ) of eq. (A.45), û = (α + σ)v̂ + (σ - α)z.
+Errata: four entries of Table 4.2 are printed with a sign or factor slip and are tested in their correct
+form: s from v̂ is -(σz + αv̂)/σ (printed with +αv̂), s from û is -(αû + z)/σ (printed -αû + z), û from ε̂ is
+(ε̂ - z)/α (printed with a factor α - σ) and û from s has the same α - σ slip. The v ↔ û entries mix VP
+(α² + σ² = 1) and rectified-flow (α + σ = 1) coordinates and do not hold as printed (û = z + v̂, v̂ = û - z); in
+VP coordinates, through z_rf = z/(α + σ) of eq. (A.45), û = (α + σ)v̂ + (σ - α)z.
 In Table 4.3, ‖ε - ε̂‖² = α²‖v - v̂‖² (printed 1/α², eq. 4.65: its derivation keeps x where x̂ belongs); the
 other entries, and eqs. (4.59, 4.74) which imply the α² factor, hold as printed.
 """

@@ -189,7 +189,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_training_with_the_last_ch
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, callbacks=[checkpoints],
                         inference_mode=False, enable_model_summary=False)
-    with pytest.raises(NonFiniteLossError, match="4 consecutive training steps had a non-finite loss"):
+    with pytest.raises(NonFiniteLossError, match="4 consecutive training steps had a non-finite loss or gradient"):
         trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
     assert module.nonfinite_steps == 4
     good = load_checkpoint(tmp_path / "last.ckpt")

@@ -154,8 +154,9 @@ class DiffusionModule(L.LightningModule):
         """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch."""
         t = self.time_sampler(x.shape[0], generator=generator, device=x.device)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        net = self.net if net is None else net  # not `net or self.net`: a compiled module has no truth value
         return diffusion_loss(
-            x, t.to(x.dtype), eps, net=net or self.net, schedule=self.schedule, weighting=self.weighting,
+            x, t.to(x.dtype), eps, net=net, schedule=self.schedule, weighting=self.weighting,
             parameterization=self.parameterization, timesteps=self.timesteps,
         )
 
@@ -167,26 +168,38 @@ class DiffusionModule(L.LightningModule):
         z_0 = diffuse(x, logsnr_0, eps)
         return likelihood.prior_kl(x, logsnr_1), likelihood.decoder_nll(x, z_0, logsnr_0, self.num_levels)
 
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes this step's on_step logs (every ``trainer.log_every_n_steps``, or a fast dev run)."""
+        if self._trainer is None:
+            return True
+        return bool(self.trainer.fast_dev_run) or self.trainer._logger_connector.should_update_logs
+
+    def _log_generator(self) -> torch.Generator:
+        """Noise for the logging-only train/bpd terms: per step, independent of the training noise."""
+        return torch.Generator(device=self.device).manual_seed(self.seed + 2_000_029 * (self.global_step + 1))
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x = self._check_batch(batch)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         terms = self.loss_terms(x, self.noise_generator, self._train_net)
         self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
-        loss = terms.loss.mean()
-        if not torch.isfinite(loss):
-            self._skip_nonfinite("loss")
-            return None
+        loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: on_before_optimizer_step skips the step
         trained_ends = self.schedule.trainable_endpoints
-        with torch.set_grad_enabled(trained_ends):
+        log_now = self._logging_step()
+        if trained_ends:  # the ELBO's prior and decoder terms train the endpoints (eq. 3.60)
             prior, reconstruction = self._endpoint_terms(x, self.noise_generator)
-        with torch.no_grad():
-            bpd = likelihood.bits_per_dim(terms.elbo + prior + reconstruction, self.data_dim).mean()
-        self.log_dict(
-            {"train/loss": loss, "train/bpd": bpd, "train/loss_variance": terms.loss.var(),
-             "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0},
-            prog_bar=False, on_step=True, on_epoch=False, batch_size=x.shape[0],
-        )
+        elif log_now:  # for train/bpd only: own noise, so that the logging frequency never changes the training noise
+            with torch.no_grad():
+                prior, reconstruction = self._endpoint_terms(x, self._log_generator())
+        if log_now:  # Lightning writes on_step logs only every trainer.log_every_n_steps steps
+            with torch.no_grad():
+                bpd = likelihood.bits_per_dim(terms.elbo + prior + reconstruction, self.data_dim).mean()
+            self.log_dict(
+                {"train/loss": loss, "train/bpd": bpd, "train/loss_variance": terms.loss.var(),
+                 "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0},
+                prog_bar=False, on_step=True, on_epoch=False, batch_size=x.shape[0],
+            )
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
         if trained_ends:  # the ELBO's prior and decoder terms train the endpoints (eq. 3.60)
             return loss + (prior + reconstruction).mean()
@@ -206,12 +219,13 @@ class DiffusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:  # the step was already skipped (non-finite loss)
+        if not grads:
             return
-        if not torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all():
+        # one fused kernel and a single device-to-host sync per step
+        if not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
             for p in self.parameters():
                 p.grad = None  # AdamW skips parameters without gradients: the step becomes a no-op
-            self._skip_nonfinite("gradient")
+            self._skip_nonfinite("loss or gradient")
         else:
             self._nonfinite_run = 0
 

@@ -1,0 +1,330 @@
+"""Shared pieces of the benchmarks: command-line arguments, device choice, timing (warm-up, CUDA synchronisation,
+median of repeats), the machine description, building the default run, a Lightning trainer, tables and JSON.
+
+The default run is ``python train.py``'s: conf/train.yaml composed by Hydra and built by
+``vdmlab.cli.build.build_run``. Where Hydra is not installed (the lent GPU machines lack hydra-core and omegaconf)
+the same objects are built directly in Python by :func:`build_python`, a mirror of the config's defaults that
+``tests/test_benchmarks.py`` checks against the composed config, so that both routes build identical runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import vdmlab  # noqa: F401
+except ImportError:  # a checkout that is not pip-installed (e.g. the lent GPU machines): use its src/
+    import sys
+
+    sys.path.insert(0, str(REPO / "src"))
+RESULTS_DIR = REPO / "benchmarks" / "results"
+PARAMETERIZATIONS = ("x", "eps", "score", "energy", "v", "flow")
+
+
+# ------------------------------------------------------------------ arguments and device
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds): tiny model, few steps")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<name>_<device>[_quick].json)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--config", default="auto", choices=("auto", "hydra", "python"),
+                   help="how the default run is built: Hydra compose (auto when installed) or the Python mirror")
+    return p
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Device, threads and the float32 matmul precision that ``python train.py`` sets; quieter Lightning."""
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision("high")  # as vdmlab.cli.train.run
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # conf/trainer/gpu.yaml: benchmark: true (both arms)
+    quiet()
+    return device
+
+
+def quiet() -> None:
+    """Silence Lightning's start-up banners and the warnings that a benchmark run triggers on purpose."""
+    import lightning  # noqa: F401  (importing it sets its loggers to INFO: set them after)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the EMA copy is always in eval mode
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+# ------------------------------------------------------------------ timing
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repeats: int = 3) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls, synchronised on CUDA."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Iterable[float]) -> float:
+    values = [float(v) for v in values]
+    return statistics.median(values) if values else math.nan
+
+
+def finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------ machine
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, threads, load, GPU, library versions."""
+    import lightning
+
+    info: dict[str, Any] = {
+        "device": device.type,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line naming the machine, for the printed tables."""
+    where = info.get("gpu") or f"{info['cpu']} ({info['cpus_usable']} cores, {info['torch_threads']} threads)"
+    return (f"{where}; torch {info['torch']}, lightning {info['lightning']}, python {info['python']}; "
+            f"1-min load {info['load_average_1min']:.2f} at start" if info.get("load_average_1min") is not None
+            else f"{where}; torch {info['torch']}, lightning {info['lightning']}")
+
+
+# ------------------------------------------------------------------ output
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A markdown table; ``columns`` are ``(key, header, format)`` with format e.g. ``{:.1f}``."""
+    def cell(row, key, fmt):
+        value = row.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"
+        return fmt.format(value) if fmt else str(value)
+
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def output_path(name: str, device: torch.device, args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    return RESULTS_DIR / f"{name}_{device.type}{'_quick' if args.quick else ''}.json"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (NaN/inf become null) and return the path."""
+    def clean(obj):
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        if isinstance(obj, dict):
+            return {str(k): clean(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        return obj
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(payload), indent=2) + "\n")
+    return path
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", f"benchmarks/{script}", *args])
+
+
+# ------------------------------------------------------------------ building the default run
+@dataclass
+class Built:
+    """The default run's datamodule and DiffusionModule, and how they were built (``hydra`` or ``python``)."""
+
+    datamodule: Any
+    module: Any
+    source: str
+
+
+def hydra_available() -> bool:
+    try:
+        import hydra  # noqa: F401
+        import omegaconf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def overrides(parameterization: str = "eps", batch_size: int | None = None, width: int | None = None,
+              compile: bool = False, channels_last: bool = False, eval_num_samples: int | None = None,
+              seed: int = 0) -> list[str]:
+    """The ``python train.py`` overrides that describe a benchmark run (FID off: benchmarks never compute it)."""
+    out = [f"parameterization={parameterization}", f"seed={seed}", "fid=null",
+           f"module.compile={str(compile).lower()}", f"module.channels_last={str(channels_last).lower()}"]
+    if batch_size is not None:
+        out.append(f"dataset.batch_size={batch_size}")
+    if width is not None:
+        out.append(f"model.width={width}")
+    if eval_num_samples is not None:
+        out.append(f"module.eval_num_samples={eval_num_samples}")
+    return out
+
+
+def compose(overrides_: Sequence[str]):
+    """conf/train.yaml composed as ``python train.py`` composes it (Hydra's runtime node filled in)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=list(overrides_), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(tempfile.gettempdir()) / "vdmlab-benchmarks")
+        cfg.hydra.runtime.cwd = str(REPO)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def build_hydra(**kwargs) -> Built:
+    """The default run through Hydra: compose, validate, ``build_run``."""
+    from vdmlab.cli.build import build_run
+    from vdmlab.cli.validate import validate_config
+
+    cfg = compose(overrides(**kwargs))
+    validate_config(cfg)
+    torch.manual_seed(int(cfg.seed))
+    run = build_run(cfg)
+    return Built(run.datamodule, run.module, "hydra")
+
+
+def build_python(parameterization: str = "eps", batch_size: int | None = None, width: int | None = None,
+                 compile: bool = False, channels_last: bool = False, eval_num_samples: int | None = None,
+                 seed: int = 0) -> Built:
+    """The default run without Hydra: a mirror of conf/train.yaml and its default groups (dataset=digits,
+    model=unet, schedule=linear, weighting=elbo, sampler=ancestral, fid=null), checked against them by the tests."""
+    from vdmlab.data import DigitsDataModule
+    from vdmlab.diffusion import parameterization as P
+    from vdmlab.diffusion.losses import low_discrepancy_times
+    from vdmlab.diffusion.sampling import ancestral
+    from vdmlab.diffusion.schedules import LinearSchedule
+    from vdmlab.diffusion.weighting import ELBOWeighting
+    from vdmlab.models import UNet
+    from vdmlab.module import DiffusionModule
+    from vdmlab.optim import linear_warmup
+
+    classes = {"x": P.XParameterization, "eps": P.EpsParameterization, "score": P.ScoreParameterization,
+               "energy": P.EnergyParameterization, "v": P.VParameterization, "flow": P.FlowParameterization}
+    torch.manual_seed(seed)
+    datamodule = DigitsDataModule(batch_size=batch_size or 128, eval_batch_size=180, num_workers=0, seed=seed)
+    net = UNet(width=width or 64, channel_mults=[1], num_res_blocks=4, attention_resolutions=[], dropout=0.0, groups=8,
+               emb_dim=None, fourier_min_exp=None, fourier_max_exp=None, num_heads=1, data_shape=datamodule.data_shape)
+    module = DiffusionModule(
+        net=net, schedule=LinearSchedule(logsnr_min=-5.0, logsnr_max=10.0), weighting=ELBOWeighting(),
+        parameterization=classes[parameterization](), num_levels=datamodule.num_levels,
+        data_shape=datamodule.data_shape,
+        optimizer=partial(torch.optim.AdamW, lr=1.0e-3, betas=[0.9, 0.99], weight_decay=0.0),
+        lr_scheduler=partial(linear_warmup, warmup_steps=200), time_sampler=partial(low_discrepancy_times),
+        timesteps=None, ema_decay=0.999, ema_warmup=True,
+        eval_num_samples=1 if eval_num_samples is None else eval_num_samples,
+        sampler={"fn": partial(ancestral), "steps": 250, "clip_x": True, "schedule": None}, fid=None, seed=seed,
+        nonfinite_patience=20, compile=compile, channels_last=channels_last,
+    )
+    return Built(datamodule, module, "python")
+
+
+def build_default(config: str = "auto", **kwargs) -> Built:
+    """The default run (``python train.py`` with ``overrides(**kwargs)``), through Hydra when available."""
+    if config == "hydra" or (config == "auto" and hydra_available()):
+        return build_hydra(**kwargs)
+    return build_python(**kwargs)
+
+
+# conf/trainer/default.yaml's values that matter for a training step (checked against the config by the tests)
+TRAINER_DEFAULTS = {"gradient_clip_val": 1.0, "log_every_n_steps": 10, "num_sanity_val_steps": 0,
+                    "inference_mode": False, "use_distributed_sampler": False, "deterministic": False}
+
+
+def make_trainer(device: torch.device, *, max_steps: int = -1, max_time: float | None = None,
+                 precision: str = "32-true", callbacks: Sequence[Any] = (), **kwargs):
+    """A real ``lightning.Trainer`` with the default trainer config; no logger, checkpoints, progress bar,
+    model summary or validation, so that only training (and an explicit ``trainer.test``) is measured."""
+    import lightning as L
+
+    options = dict(TRAINER_DEFAULTS)
+    options.update(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=max_steps, max_epochs=-1,
+        max_time=None if max_time is None else datetime.timedelta(seconds=max_time), precision=precision,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, benchmark=device.type == "cuda",  # conf/trainer/gpu.yaml sets benchmark: true
+        callbacks=list(callbacks),
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
