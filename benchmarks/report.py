@@ -1,4 +1,4 @@
-"""Print the markdown tables of saved benchmark results (the tables of docs/performance.md).
+"""Print the markdown tables of saved benchmark results (the tables of the README's Performance section).
 
     python benchmarks/report.py                      # every benchmarks/results/*.json except the --quick ones
     python benchmarks/report.py path/to/result.json ...

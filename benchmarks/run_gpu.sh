@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one go, sized to finish in about 4-5 minutes on one H100/H200 (4.2 min on the H200):
+# Every GPU measurement of the README's Performance section in one go, sized to finish in about 4-5 minutes on one H100/H200 (4.2 min on the H200):
 #   bash benchmarks/run_gpu.sh [OUT_DIR]        (default: $OUT, else benchmarks/results)
 # Needs torch with CUDA, lightning, torchmetrics and scikit-learn; Hydra is optional (without it the benchmarks build
 # the default run with the Python mirror of the config, benchmarks/common.py:build_python). Each step has its own
