@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from vdmlab.cli.checkpoints import load_checkpoint, resolve_ckpt_path
 from vdmlab.cli.validate import validate_config
 
 log = logging.getLogger("vdmlab")
+
+# the EMA copy of the denoiser is in eval mode on purpose; and a Lightning/torch version notice users cannot act on
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
