@@ -40,8 +40,10 @@ def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: 
             p_w = augmentation_kernel(weighting, schedule, t.clamp(1e-4, 1 - 1e-4).to(device)).detach().cpu()
         axes[3].plot(t, p_w)
         axes[3].set(xlabel="t", ylabel="p_w(t)", title="augmentation kernel p_w(t)")
-    except ValueError as error:  # non-monotonic or constant weightings have no kernel density
-        axes[3].text(0.5, 0.5, str(error), wrap=True, ha="center", va="center", fontsize=8)
+    except ValueError:  # non-monotonic or constant weightings have no kernel density
+        reason = ("w is constant:\np_w(t) is a point mass at t = 0" if weighting.monotonic
+                  else "w is not monotonic:\nno density p_w(t) (eq. 4.148)")
+        axes[3].text(0.5, 0.5, reason, ha="center", va="center", fontsize=9)
         axes[3].set_axis_off()
     if title:
         fig.suptitle(title)
