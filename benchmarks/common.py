@@ -35,6 +35,8 @@ except ImportError:  # a checkout that is not pip-installed (e.g. the lent GPU m
     import sys
 
     sys.path.insert(0, str(REPO / "src"))
+from vdmlab.cli.common import pick_device  # noqa: E402 - after the src/ fallback above
+
 RESULTS_DIR = REPO / "benchmarks" / "results"
 PARAMETERIZATIONS = ("x", "eps", "score", "energy", "v", "flow")
 
@@ -52,18 +54,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
-
-
 def setup(args: argparse.Namespace) -> torch.device:
     """Device, threads and the float32 matmul precision that ``python train.py`` sets; quieter Lightning."""
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("high")  # as vdmlab.cli.train.run

@@ -22,7 +22,7 @@ from vdmlab.diffusion.sampling import ancestral, generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
 from vdmlab.metrics.bpd import BitsPerDim
-from vdmlab.metrics.fid import FIDMetric, shard_indices
+from vdmlab.metrics.fid import FIDMetric, fid_feature, shard_indices
 from vdmlab.optim import EMA
 
 BPD_TERMS = ("bpd", "bpd_diffusion", "bpd_prior", "bpd_reconstruction")
@@ -107,9 +107,7 @@ class DiffusionModule(L.LightningModule):
                                           for stage in ("val", "test") for term in BPD_TERMS})
         self.fid_config = None if fid is None else {**FID_DEFAULTS, **fid}
         if self.fid_config is not None:
-            feature = self.fid_config["feature"]
-            if feature == "auto":
-                feature = "digits" if (self.data_shape, self.num_levels) == ((1, 8, 8), 17) else 2048
+            feature = fid_feature(self.fid_config["feature"], self.data_shape, self.num_levels)
             self.fid_metrics = nn.ModuleDict({stage: FIDMetric(feature, self.fid_config["inception_path"],
                                                                reset_real_features=False)
                                               for stage in ("val", "test")})
@@ -141,8 +139,7 @@ class DiffusionModule(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ steps
-    def _check_batch(self, batch: Any) -> Tensor:
-        _, x = split_index_batch(batch)
+    def _check_shape(self, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(
                 f"data of shape {tuple(x.shape[1:])} reached a model built for {self.data_shape}; "
@@ -179,7 +176,7 @@ class DiffusionModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(self.seed + 2_000_029 * (self.global_step + 1))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        x = self._check_batch(batch)
+        x = self._check_shape(batch)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         terms = self.loss_terms(x, self.noise_generator, self._train_net)
@@ -235,7 +232,7 @@ class DiffusionModule(L.LightningModule):
     @torch.no_grad()
     def _evaluation_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         index, x = split_index_batch(batch)
-        x = self._check_batch(x)
+        x = self._check_shape(x)
         terms = likelihood.negative_elbo(
             x, net=self.ema.net, schedule=self.schedule, parameterization=self.parameterization,
             num_levels=self.num_levels, num_samples=self.eval_num_samples, timesteps=self.timesteps,

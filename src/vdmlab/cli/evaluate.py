@@ -15,7 +15,7 @@ from vdmlab.cli.common import format_table, pick_device
 from vdmlab.cli.train import finish_loggers, instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
 from vdmlab.metrics.bpd import evaluate_bpd
-from vdmlab.metrics.fid import FIDMetric
+from vdmlab.metrics.fid import FIDMetric, fid_feature
 
 SPLITS = ("train", "val", "test")
 
@@ -31,9 +31,7 @@ def split_loader(datamodule, split: str) -> DataLoader:
 
 def evaluate_fid(module, dataset, cfg: DictConfig, device: torch.device) -> dict[str, float]:
     """FID of ``cfg.num_samples`` EMA samples against every image of ``dataset``."""
-    feature = cfg.feature
-    if feature == "auto":
-        feature = "digits" if (module.data_shape, module.num_levels) == ((1, 8, 8), 17) else 2048
+    feature = fid_feature(cfg.feature, module.data_shape, module.num_levels)
     metric = FIDMetric(feature, cfg.inception_path, reset_real_features=False).to(device)
     metric.update_from_dataset(dataset, real=True, batch_size=int(cfg.batch_size))
     start = time.time()

@@ -13,10 +13,11 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from vdmlab.cli.build import build_run
+from vdmlab.cli.build import build_run, resolved_config
 from vdmlab.cli.checkpoints import load_checkpoint, resolve_ckpt_path
+from vdmlab.cli.common import format_table
 from vdmlab.cli.validate import validate_config
 
 log = logging.getLogger("vdmlab")
@@ -33,14 +34,6 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
         return []
     built = [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
     return [obj for obj in built if obj is not None]
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column table of the final metrics."""
-    keys = sorted(metrics)
-    width = max((len(k) for k in keys), default=10)
-    rows = [f"  {k:<{width}}  {metrics[k]:.4f}" for k in keys]
-    return "\n".join([f"  {'metric':<{width}}  value", f"  {'-' * width}  ------", *rows])
 
 
 def finish_loggers(loggers: list[Any]) -> None:
@@ -95,8 +88,7 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         log.info("output dir: %s", output_dir)
         for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
-                                                          resolve=True))
+            logger.log_hyperparams(resolved_config(cfg))
     start = time.time()
     try:
         if cfg.get("train", True):
@@ -117,5 +109,5 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         metrics["time/minutes"] = (time.time() - start) / 60
         metrics["train/steps"] = float(trainer.global_step)
-        print(f"\nFinished {cfg.task_name} in {output_dir}\n{format_metrics(metrics)}", flush=True)
+        print(f"\nFinished {cfg.task_name} in {output_dir}\n{format_table(dict(sorted(metrics.items())))}", flush=True)
     return metrics.get("val/bpd")

@@ -131,6 +131,13 @@ class InceptionFeatures(FrozenExtractor):
         return self.inception(to_uint8(x))
 
 
+def fid_feature(feature: str | int | nn.Module, data_shape: tuple[int, ...], num_levels: int) -> str | int | nn.Module:
+    """``auto`` → the shipped digits classifier for 8x8 digits (17 levels), Inception-2048 for anything else."""
+    if feature != "auto":
+        return feature
+    return "digits" if (tuple(data_shape), int(num_levels)) == ((1, 8, 8), 17) else 2048
+
+
 def build_extractor(feature: str | int | nn.Module = "digits", inception_path: str | os.PathLike | None = None) -> nn.Module:
     """The FID feature extractor named by ``feature``: "digits", "inception", 64/192/768/2048, or a module as is."""
     if isinstance(feature, nn.Module):
