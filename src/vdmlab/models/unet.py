@@ -139,6 +139,11 @@ class UNet(nn.Module):
         emb_dim: λ-embedding size, default ``4 * width``.
         fourier_min_exp, fourier_max_exp: exponents of the Fourier-feature input (both None disables).
         num_heads: attention heads.
+        mid_attention: self-attention in the middle block (res, attention, res) whatever
+            ``attention_resolutions`` says (DDPM and VDM always have it).
+        decoder: middle block and decoder with skip connections; None means "when there are several levels";
+            True with one level is VDM's ScoreUNet (``num_res_blocks`` down, middle, ``num_res_blocks + 1`` up,
+            all at full resolution).
         max_logsnr: λ range that the embedding's lowest frequency resolves monotonically.
         data_shape: the datamodule's ``(C, H, W)``; when given it sets ``in_channels`` and ``image_size``.
     """
@@ -157,6 +162,8 @@ class UNet(nn.Module):
         fourier_min_exp: int | None = None,
         fourier_max_exp: int | None = None,
         num_heads: int = 1,
+        mid_attention: bool = False,
+        decoder: bool | None = None,
         max_logsnr: float = 30.0,
         data_shape: Sequence[int] | None = None,
     ):
@@ -187,6 +194,7 @@ class UNet(nn.Module):
                 f"(image_size={image_size}, channel_mults={channel_mults})"
             )
         self.in_channels, self.image_size, self.levels = in_channels, image_size, levels
+        self.has_decoder = levels > 1 if decoder is None else bool(decoder)
         self.fourier_min_exp, self.fourier_max_exp = fourier_min_exp, fourier_max_exp
         emb_dim = emb_dim if emb_dim is not None else 4 * width
         self.embed = LogSNREmbedding(emb_dim, max_logsnr=max_logsnr, freq_dim=width)
@@ -212,11 +220,12 @@ class UNet(nn.Module):
                 self.down.append(Downsample(ch))
                 skip_chs.append(ch)
 
-        # Middle and decoder only when there are several levels (a UNet); one level = plain ResNet.
+        # Middle and decoder by default only when there are several levels (a UNet); one level = plain ResNet.
         self.mid = nn.ModuleList()
         self.up = nn.ModuleList()
-        if levels > 1:
-            self.mid.extend([res(ch, ch), attn(ch, resolutions[-1]), res(ch, ch)])
+        if self.has_decoder:
+            mid_attn = AttentionBlock(ch, num_heads, groups) if mid_attention else attn(ch, resolutions[-1])
+            self.mid.extend([res(ch, ch), mid_attn, res(ch, ch)])
             for lvl in reversed(range(levels)):
                 out = width * channel_mults[lvl]
                 for _ in range(num_res_blocks + 1):
@@ -244,7 +253,7 @@ class UNet(nn.Module):
             x = torch.cat([z, fourier_features(z, self.fourier_min_exp, self.fourier_max_exp)], dim=1)
 
         h = self.conv_in(x)
-        multi = self.levels > 1
+        multi = self.has_decoder
         hs = [h] if multi else []
         for layer in self.down:
             if isinstance(layer, Downsample):
