@@ -18,6 +18,8 @@ SCHEDULES = [
     S.EDMSchedule(-20.0, 20.0),
     S.FlowSchedule(-5.0, 10.0),
     S.FlowSchedule(-15.0, 15.0),
+    S.DDPMSchedule(-10.05, 13.28),
+    S.DDPMSchedule(-20.0, 20.0),
 ]
 IDS = [f"{type(s).__name__}[{s.logsnr_min},{s.logsnr_max}]" for s in SCHEDULES]
 
@@ -100,3 +102,14 @@ def test_sampling_grid_is_increasing_from_min_to_max():
     assert grid.shape == (11,)
     assert (grid[1:] > grid[:-1]).all()
     assert grid[0].item() == pytest.approx(-5.0, abs=1e-5) and grid[-1].item() == pytest.approx(10.0, abs=1e-5)
+
+
+def test_ddpm_schedule_matches_the_discrete_linear_betas():
+    """λ(i/T) of the continuous limit against log(ᾱ_i/(1 - ᾱ_i)) of ᾱ_i = Π_{j<=i}(1 - β_j), β linear 1e-4 → 0.02."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alpha_bar = torch.cumprod(1.0 - betas, 0)
+    discrete = torch.log(alpha_bar / (1.0 - alpha_bar))
+    schedule = S.DDPMSchedule(-30.0, 30.0)
+    continuous = schedule._g(torch.arange(1, 1001, dtype=torch.float64) / 1000)
+    assert (continuous - discrete).abs().max() < 0.1  # first order in β: the gap is largest at i = 1
+    assert (continuous - discrete).abs()[100:].max() < 0.07

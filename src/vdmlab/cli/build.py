@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vdmlab.cli.checkpoints import CheckpointError, load_checkpoint
+from vdmlab.cli.validate import check_preset
 from vdmlab.data.base import DiffusionDataModule
 from vdmlab.module import DiffusionModule
 
@@ -41,6 +42,7 @@ def resolved_config(cfg: DictConfig) -> dict:
 def build_run(cfg: DictConfig) -> Run:
     """Instantiate the datamodule (no data is read yet) and a DiffusionModule sized for it."""
     datamodule = instantiate(cfg.dataset)
+    check_preset(cfg, datamodule.data_shape, datamodule.num_levels)
     net = instantiate(cfg.model, data_shape=datamodule.data_shape)
     module = instantiate(
         cfg.module,

@@ -62,3 +62,19 @@ def validate_config(cfg: DictConfig) -> None:
             )
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def check_preset(cfg: DictConfig, data_shape: tuple[int, ...], num_levels: int) -> None:
+    """A preset (``experiment=...`` with a ``preset`` node) combined with data it was not made for: name the fix."""
+    preset = cfg.get("preset")
+    if not preset:
+        return
+    want_shape, want_levels = tuple(int(d) for d in preset.data_shape), int(preset.num_levels)
+    if (tuple(data_shape), int(num_levels)) != (want_shape, want_levels):
+        choice = cfg.get("hydra", {}).get("runtime", {}).get("choices", {}).get("dataset", "this dataset")
+        raise ConfigError(
+            f"experiment={preset.name} is the recipe for data of shape {list(want_shape)} with K = {want_levels} levels, "
+            f"but dataset={choice} gives {list(data_shape)} with K = {num_levels}: drop the dataset override (the preset "
+            f"chooses its dataset), use a dataset of that shape (e.g. dataset=image_folder dataset.image_size="
+            f"{want_shape[-1]} dataset.channels={want_shape[0]}), or train without the preset"
+        )

@@ -544,3 +544,35 @@ class AdaptiveSchedule(Schedule):
     def extra_repr(self) -> str:
         return (f"logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}, num_bins={self.num_bins}, "
                 f"ema_decay={self.ema_decay}, uniform_mix={self.uniform_mix}")
+
+
+class DDPMSchedule(TruncatedSchedule):
+    """Ho et al.'s linear β schedule in λ: the continuous limit of β_i = β_1 + (β_T - β_1)(i-1)/(T-1).
+
+    With b(τ) = β_min + (β_max - β_min)τ (β_min = T·β_1, β_max = T·β_T; 0.1 and 20 for DDPM's T = 1000,
+    1e-4 and 0.02), log ᾱ(τ) = -∫₀^τ b = -(β_min τ + ½(β_max - β_min)τ²) (Song et al. 2021, App. B), so
+    λ = log(ᾱ/(1 - ᾱ)) = -log(expm1(s(τ))) with s(τ) = β_min τ + ½(β_max - β_min)τ², decreasing in τ.
+    At τ = i/T it matches DDPM's discrete ᾱ_i to first order in β (λ(1) = -10.05 vs -10.12 for the product).
+    """
+
+    def __init__(self, logsnr_min: float = -10.05, logsnr_max: float = 9.12, beta_min: float = 0.1,
+                 beta_max: float = 20.0):
+        if not 0 < beta_min < beta_max:
+            raise ValueError(f"schedule.beta_min and beta_max must satisfy 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        super().__init__(logsnr_min, logsnr_max)
+
+    def _s(self, tau: Tensor) -> Tensor:
+        return self.beta_min * tau + 0.5 * (self.beta_max - self.beta_min) * tau * tau
+
+    def _g(self, tau: Tensor) -> Tensor:
+        return -torch.log(torch.expm1(self._s(tau)))
+
+    def _g_inv(self, logsnr: Tensor) -> Tensor:
+        u = torch.nn.functional.softplus(-logsnr)  # s = log(1 + e^{-λ})
+        d = self.beta_max - self.beta_min
+        return 2.0 * u / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * d * u))  # root of ½dτ² + β_min τ = u
+
+    def _dg(self, tau: Tensor) -> Tensor:
+        s = self._s(tau)
+        return -(self.beta_min + (self.beta_max - self.beta_min) * tau) / -torch.expm1(-s)
