@@ -22,12 +22,12 @@ from vdmlab.diffusion.sampling import ancestral, generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
 from vdmlab.metrics.bpd import BitsPerDim
-from vdmlab.metrics.fid import FIDMetric, fid_feature, shard_indices
+from vdmlab.metrics.fid import FIDMetric, fid_feature, shard_indices, split_fid
 from vdmlab.optim import EMA
 
 BPD_TERMS = ("bpd", "bpd_diffusion", "bpd_prior", "bpd_reconstruction")
 FID_DEFAULTS = {"every_n_epochs": 0, "num_samples": 1000, "feature": "auto", "inception_path": None,
-                "steps": 100, "batch_size": 500}
+                "steps": 100, "batch_size": 500, "repeats": 1, "floor": True, "stats_dir": None}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -270,19 +270,20 @@ class DiffusionModule(L.LightningModule):
     @torch.no_grad()
     def _log_fid(self, stage: str) -> dict[str, float]:
         """FID of ``num_samples`` EMA samples against the ``stage`` split, logged with its sample count."""
-        metric = self.fid_metrics[stage]
-        if int(metric.real_features_num_samples) == 0:
-            metric.update_from_dataset(getattr(self.trainer.datamodule, f"{stage}_set"), real=True)
-        cfg = self.fid_config
-        values = self.compute_fid(metric, cfg["num_samples"], cfg["steps"], cfg["batch_size"])
-        self.log_dict({f"{stage}/fid": values["fid"], f"{stage}/fid_n": float(values["fid_n"])})
+        metric, cfg = self.fid_metrics[stage], self.fid_config
+        values = split_fid(metric, self.trainer.datamodule, stage,
+                           lambda r: self.compute_fid(metric, cfg["num_samples"], cfg["steps"], cfg["batch_size"], repeat=r),
+                           cfg["stats_dir"], cfg["repeats"], cfg["floor"], cfg["batch_size"], self.seed)
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in values.items() if k != "fid_std" or values["fid_repeats"] > 1})
         return values
 
-    def compute_fid(self, metric: FIDMetric, num_samples: int, steps: int, batch_size: int = 500) -> dict[str, float]:
-        """Feed this rank's share of ``num_samples`` fresh EMA samples to ``metric`` and compute FID (collective)."""
+    def compute_fid(self, metric: FIDMetric, num_samples: int, steps: int, batch_size: int = 500,
+                    repeat: int = 0) -> dict[str, float]:
+        """Feed this rank's share of ``num_samples`` fresh EMA samples (sample seed ``repeat``) to ``metric`` and
+        compute FID (collective)."""
         metric.reset()  # keeps the real statistics (reset_real_features=False)
         share = len(shard_indices(num_samples))
-        generator = torch.Generator(device=self.device).manual_seed(self.seed + 31 * self.global_rank + 1)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + 31 * self.global_rank + 1 + 7919 * repeat)
         for start in range(0, share, batch_size):
             n = min(batch_size, share - start)
             metric.update(self.sample(n, steps=steps, generator=generator), real=False)

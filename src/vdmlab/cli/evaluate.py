@@ -15,7 +15,7 @@ from vdmlab.cli.common import format_table, pick_device
 from vdmlab.cli.train import finish_loggers, instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
 from vdmlab.metrics.bpd import evaluate_bpd
-from vdmlab.metrics.fid import FIDMetric, fid_feature
+from vdmlab.metrics.fid import FIDMetric, fid_feature, split_fid
 
 SPLITS = ("train", "val", "test")
 
@@ -29,15 +29,16 @@ def split_loader(datamodule, split: str) -> DataLoader:
     return DataLoader(UniqueIndexDataset(dataset), batch_size=datamodule.eval_batch_size, shuffle=False)
 
 
-def evaluate_fid(module, dataset, cfg: DictConfig, device: torch.device) -> dict[str, float]:
-    """FID of ``cfg.num_samples`` EMA samples against every image of ``dataset``."""
+def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.device) -> dict[str, float]:
+    """FID of ``cfg.num_samples`` EMA samples against every image of the split (cached statistics), with the
+    real-vs-real floor and ``cfg.repeats`` sample seeds."""
     feature = fid_feature(cfg.feature, module.data_shape, module.num_levels)
     metric = FIDMetric(feature, cfg.inception_path, reset_real_features=False).to(device)
-    metric.update_from_dataset(dataset, real=True, batch_size=int(cfg.batch_size))
     start = time.time()
-    values = module.compute_fid(metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size))
-    return {"fid": values["fid"], "fid_n": values["fid_n"], "fid_n_real": values["fid_n_real"],
-            "fid_seconds": time.time() - start}
+    values = split_fid(metric, datamodule, split,
+                       lambda r: module.compute_fid(metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=r),
+                       cfg.stats_dir, int(cfg.repeats), bool(cfg.floor), int(cfg.batch_size), int(module.seed))
+    return {**values, "fid_seconds": time.time() - start}
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -54,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        device=device, seed=int(cfg.seed))
     metrics = {f"{cfg.split}/{k}": float(v) for k, v in bpd.items()}
     if cfg.get("fid"):
-        fid = evaluate_fid(module, getattr(built.datamodule, f"{cfg.split}_set"), cfg.fid, device)
+        fid = evaluate_fid(module, built.datamodule, cfg.split, cfg.fid, device)
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in fid.items()})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,14 @@ def validate_config(cfg: DictConfig) -> None:
             errors.append(
                 f"dataset.root={root!r} is not an existing folder: point dataset.root at the folder that holds the data"
             )
+    fid = cfg.get("fid") or {}
+    path = fid.get("inception_path")
+    digits = str(dataset.get("_target_", "")).endswith("DigitsDataModule")
+    if fid and path is not None and not Path(str(path)).expanduser().is_file() and (fid.get("feature") != "auto" or not digits) \
+            and fid.get("feature") != "digits":
+        from vdmlab.metrics.fid import _weights_help
+
+        errors.append(f"fid.inception_path={path!r} is not a file: {_weights_help()}")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 

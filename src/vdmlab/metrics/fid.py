@@ -77,9 +77,10 @@ def inception_hub_path() -> Path:
 
 def _weights_help() -> str:
     return (
-        f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access and either put it at "
-        f"{inception_hub_path()} (the torch hub cache; TORCH_HOME moves it) or pass its path as "
-        f"fid.inception_path=/path/to/{INCEPTION_WEIGHTS_FILE}"
+        f"FID needs torch-fidelity's InceptionV3 weights file {INCEPTION_WEIGHTS_FILE} (the port of the TF-FID graph "
+        f"that torchmetrics uses): download {INCEPTION_WEIGHTS_URL} on a machine with internet access and either put "
+        f"it at {inception_hub_path()} (the torch hub cache; TORCH_HOME moves it) or pass its path as "
+        f"fid.inception_path=/path/to/{INCEPTION_WEIGHTS_FILE}; or set fid=null to train and evaluate without FID"
     )
 
 
@@ -285,3 +286,172 @@ def fid_from_images(
         for start in range(0, images.shape[0], batch_size):
             metric.update(images[start : start + batch_size].to(device), real=is_real)
     return float(metric.compute())
+
+
+# ------------------------------------------------------------------ real statistics cache, floor and repeats
+STATS_VERSION = 1
+
+
+def extractor_id(extractor: nn.Module) -> str:
+    """A name of the feature extractor for cache keys: ``digits64``, ``inception2048``, ... or the class name."""
+    if isinstance(extractor, DigitsFeatures):
+        return f"digits{extractor.num_features}"
+    if isinstance(extractor, InceptionFeatures):
+        return f"inception{extractor.num_features}"
+    return f"{type(extractor).__name__}{getattr(extractor, 'num_features', '')}"
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A content hash of a dataset: its stored levels (or files: paths, sizes, mtimes), else every item's bytes."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    from vdmlab.data.base import UniqueIndexDataset
+
+    inner = dataset.dataset if isinstance(dataset, UniqueIndexDataset) else dataset
+    levels = getattr(inner, "levels", None)
+    if isinstance(levels, Tensor):
+        digest.update(str(tuple(levels.shape)).encode())
+        digest.update(levels.contiguous().cpu().numpy().tobytes())
+    elif getattr(inner, "files", None) is not None:
+        for path in inner.files:
+            stat = Path(path).stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    else:
+        for i in range(len(inner)):
+            item = inner[i]
+            digest.update((item[1] if isinstance(item, (tuple, list)) else item).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def stats_key(name: str, split: str, extractor: nn.Module, data_shape: Sequence[int], fingerprint: str) -> str:
+    """``<dataset>-<split>-<extractor>-<C>x<H>x<W>-<content hash>``: one cached statistics file per key."""
+    shape = "x".join(str(int(d)) for d in data_shape)
+    return f"{name}-{split}-{extractor_id(extractor)}-{shape}-{fingerprint}"
+
+
+def _move_aside(path: Path, reason: str) -> Path:
+    """Rename a bad cache file to ``<name>.corrupt-<n>`` (never deleted) and warn."""
+    import warnings
+
+    n = 0
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    path.replace(aside)
+    warnings.warn(f"FID statistics cache {path} is unusable ({reason}); moved it to {aside} and recomputing", stacklevel=3)
+    return aside
+
+
+def load_stats(path: Path, key: str) -> dict | None:
+    """The cached ``{feature_sum, cov_sum, n}`` at ``path`` for ``key``; None when absent; a bad file is moved aside."""
+    if not path.is_file():
+        return None
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+        ok = (isinstance(stats, dict) and stats.get("key") == key and stats.get("version") == STATS_VERSION
+              and stats["feature_sum"].ndim == 1 and stats["cov_sum"].shape == (stats["feature_sum"].numel(),) * 2
+              and int(stats["n"]) >= 2 and bool(torch.isfinite(stats["cov_sum"]).all()))
+    except Exception as err:  # unpickling errors, truncated files, missing keys: all mean "rebuild"
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        _move_aside(path, f"{type(err).__name__}: {first_line}")
+        return None
+    if not ok:
+        _move_aside(path, f"its content does not match the key {key}")
+        return None
+    return stats
+
+
+def save_stats(path: Path, key: str, feature_sum: Tensor, cov_sum: Tensor, n: int, **extra) -> None:
+    """Write statistics atomically (a temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save({"key": key, "version": STATS_VERSION, "feature_sum": feature_sum.double().cpu(),
+                "cov_sum": cov_sum.double().cpu(), "n": int(n), **extra}, tmp)
+    tmp.replace(path)
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+
+
+def fill_real_statistics(metric: FIDMetric, dataset: Sequence, cache_dir: str | os.PathLike | None, key: str,
+                         batch_size: int = 256) -> str:
+    """Set the metric's real statistics from ``<cache_dir>/<key>.pt`` or compute (and cache) them: "cached"/"computed".
+
+    Under DDP a cached file is loaded on rank 0 only (the ranks' sums are added by ``compute_dict``); statistics
+    computed on several ranks are not written (each rank holds only its shard).
+    """
+    rank, world = _world()
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
+    stats = load_stats(path, key) if path is not None else None
+    metric.real_features_sum = torch.zeros_like(metric.real_features_sum)
+    metric.real_features_cov_sum = torch.zeros_like(metric.real_features_cov_sum)
+    metric.real_features_num_samples = torch.zeros_like(metric.real_features_num_samples)
+    if stats is not None:
+        if rank == 0:
+            metric.real_features_sum = stats["feature_sum"].to(metric.real_features_sum)
+            metric.real_features_cov_sum = stats["cov_sum"].to(metric.real_features_cov_sum)
+            metric.real_features_num_samples = torch.tensor(int(stats["n"]), device=metric.device, dtype=torch.long)
+        return "cached"
+    metric.update_from_dataset(dataset, real=True, batch_size=batch_size)
+    if path is not None and world == 1:
+        save_stats(path, key, metric.real_features_sum, metric.real_features_cov_sum, int(metric.real_features_num_samples))
+    return "computed"
+
+
+def real_floor(metric: FIDMetric, other: Sequence, n: int, cache_dir: str | os.PathLike | None, key: str,
+               seed: int = 0, batch_size: int = 256) -> dict[str, float | int]:
+    """Real-vs-real floor: FID of ``n`` images of ``other`` (a seeded subset, e.g. the train split) against the metric's
+    real statistics (the evaluated split), the value a generator of real images would get at FID@n."""
+    n = min(int(n), len(other))
+    path = Path(cache_dir) / f"{key}-floor{n}-seed{seed}.pt" if cache_dir else None
+    stats = load_stats(path, f"{key}-floor{n}-seed{seed}") if path is not None else None
+    probe = FIDMetric(feature=metric.extractor, reset_real_features=False).to(metric.device)
+    if stats is None:
+        order = torch.randperm(len(other), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        probe.update_from_dataset([other[i] for i in order], real=False, batch_size=batch_size)
+        with probe.sync_context():
+            fake = (probe.fake_features_sum.clone(), probe.fake_features_cov_sum.clone(), int(probe.fake_features_num_samples))
+        if path is not None and _world()[0] == 0:
+            save_stats(path, f"{key}-floor{n}-seed{seed}", *fake)
+    else:
+        fake = (stats["feature_sum"], stats["cov_sum"], int(stats["n"]))
+    with metric.sync_context():
+        mu_r, cov_r = mean_and_covariance(metric.real_features_sum, metric.real_features_cov_sum,
+                                          metric.real_features_num_samples)
+    n_fake = torch.tensor(fake[2], dtype=torch.float64)
+    mu_f, cov_f = mean_and_covariance(fake[0].to(mu_r), fake[1].to(cov_r), n_fake)
+    return {"fid_floor": float(frechet_distance(mu_r, cov_r, mu_f, cov_f)), "fid_floor_n": int(fake[2])}
+
+
+def fid_report(metric: FIDMetric, fake_fid, repeats: int = 1) -> dict[str, float | int]:
+    """FID with its sample count over ``repeats`` sample seeds: ``fake_fid(r)`` returns ``compute_dict()`` for seed r.
+
+    Returns ``fid`` (the mean), ``fid_std`` (the standard deviation over repeats, 0 for one), ``fid_n``, ``fid_n_real``
+    and ``fid_repeats``.
+    """
+    runs = [fake_fid(r) for r in range(max(1, int(repeats)))]
+    values = torch.tensor([run["fid"] for run in runs], dtype=torch.float64)
+    return {"fid": float(values.mean()), "fid_std": float(values.std()) if len(runs) > 1 else 0.0,
+            "fid_n": runs[0]["fid_n"], "fid_n_real": runs[0]["fid_n_real"], "fid_repeats": len(runs)}
+
+
+def split_fid(metric: FIDMetric, datamodule, split: str, fake_fid, stats_dir: str | os.PathLike | None = None,
+              repeats: int = 1, floor: bool = True, batch_size: int = 256, seed: int = 0) -> dict[str, float | int]:
+    """FID against every image of ``datamodule``'s ``split``, its sample count, repeats and the real-vs-real floor.
+
+    The split's statistics come from ``<stats_dir>/<key>.pt`` (computed and written once per dataset, split, feature
+    extractor, resolution and content); ``fake_fid(r)`` feeds the generated images of repeat r and returns
+    ``metric.compute_dict()``; the floor compares as many train images with the same statistics (cached too).
+    """
+    dataset = getattr(datamodule, f"{split}_set")
+    key = stats_key(type(datamodule).__name__, split, metric.extractor, datamodule.data_shape, dataset_fingerprint(dataset))
+    if int(metric.real_features_num_samples) == 0:
+        fill_real_statistics(metric, dataset, stats_dir, key, batch_size)
+    values = fid_report(metric, fake_fid, repeats)
+    train = getattr(datamodule, "train_set", None)
+    if floor and split != "train" and train is not None:
+        floor_key = f"{key}-vs-train-{dataset_fingerprint(train)}"
+        values.update(real_floor(metric, train, int(values["fid_n"]), stats_dir, floor_key, seed, batch_size))
+    return values
