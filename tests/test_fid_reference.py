@@ -115,7 +115,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning_and_kept_aside(digits, tmp_path
     (cache,) = tmp_path.glob("*.pt")
     cache.write_bytes(b"not a torch file")
     again = FIDMetric("digits", reset_real_features=False)
-    with pytest.warns(UserWarning, match="unusable.*moved it to"):
+    with pytest.warns(UserWarning, match="FID statistics cache.*unusable.*moved it to"):
         rebuilt = split_fid(again, digits, "test", fake_fid_from(again, noise), tmp_path, floor=False)
     assert rebuilt["fid"] == pytest.approx(good["fid"], rel=1e-9)
     aside = cache.with_name(cache.name + ".corrupt-0")

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from vdmlab.cache import atomic_save, load_checked
 from vdmlab.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -330,44 +331,25 @@ def stats_key(name: str, split: str, extractor: nn.Module, data_shape: Sequence[
     return f"{name}-{split}-{extractor_id(extractor)}-{shape}-{fingerprint}"
 
 
-def _move_aside(path: Path, reason: str) -> Path:
-    """Rename a bad cache file to ``<name>.corrupt-<n>`` (never deleted) and warn."""
-    import warnings
-
-    n = 0
-    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
-        n += 1
-    path.replace(aside)
-    warnings.warn(f"FID statistics cache {path} is unusable ({reason}); moved it to {aside} and recomputing", stacklevel=3)
-    return aside
-
-
 def load_stats(path: Path, key: str) -> dict | None:
     """The cached ``{feature_sum, cov_sum, n}`` at ``path`` for ``key``; None when absent; a bad file is moved aside."""
-    if not path.is_file():
-        return None
-    try:
-        stats = torch.load(path, map_location="cpu", weights_only=True)
-        ok = (isinstance(stats, dict) and stats.get("key") == key and stats.get("version") == STATS_VERSION
-              and stats["feature_sum"].ndim == 1 and stats["cov_sum"].shape == (stats["feature_sum"].numel(),) * 2
-              and int(stats["n"]) >= 2 and bool(torch.isfinite(stats["cov_sum"]).all()))
-    except Exception as err:  # unpickling errors, truncated files, missing keys: all mean "rebuild"
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]
-        _move_aside(path, f"{type(err).__name__}: {first_line}")
-        return None
-    if not ok:
-        _move_aside(path, f"its content does not match the key {key}")
-        return None
-    return stats
+
+    def problem(stats) -> str | None:
+        try:
+            ok = (isinstance(stats, dict) and stats.get("key") == key and stats.get("version") == STATS_VERSION
+                  and stats["feature_sum"].ndim == 1 and stats["cov_sum"].shape == (stats["feature_sum"].numel(),) * 2
+                  and int(stats["n"]) >= 2 and bool(torch.isfinite(stats["cov_sum"]).all()))
+        except (KeyError, AttributeError, TypeError) as err:
+            return f"{type(err).__name__}: {err}"
+        return None if ok else f"its content does not match the key {key}"
+
+    return load_checked(path, problem, "FID statistics cache")
 
 
 def save_stats(path: Path, key: str, feature_sum: Tensor, cov_sum: Tensor, n: int, **extra) -> None:
     """Write statistics atomically (a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"key": key, "version": STATS_VERSION, "feature_sum": feature_sum.double().cpu(),
-                "cov_sum": cov_sum.double().cpu(), "n": int(n), **extra}, tmp)
-    tmp.replace(path)
+    atomic_save({"key": key, "version": STATS_VERSION, "feature_sum": feature_sum.double().cpu(),
+                 "cov_sum": cov_sum.double().cpu(), "n": int(n), **extra}, path)
 
 
 def _world() -> tuple[int, int]:
