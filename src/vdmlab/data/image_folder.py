@@ -1,22 +1,44 @@
 """A folder of image files (searched recursively), resized and center-cropped to squares, K = 256.
 
-Images are read lazily per item with PIL, converted to "L" (channels=1) or "RGB" (channels=3), resized so
-that the shorter side is ``image_size``, center-cropped to ``image_size`` x ``image_size`` and mapped to
-x = 2·pixel/255 - 1. The file list is sorted and split with a seeded permutation.
+The rule for every image (any size, mode or aspect ratio; docs/datasets.md):
+
+- converted with PIL to "L" (channels=1) or "RGB" (channels=3; an alpha channel is dropped, palettes expanded);
+- an image whose shorter side is smaller than ``image_size`` is an error naming the file (no silent upsampling);
+- resized (bicubic, antialiased) so that the shorter side is ``image_size``, then center-cropped to
+  ``image_size`` x ``image_size`` (for an odd excess the crop starts at round((side - S)/2)); so a folder of mixed
+  sizes and aspect ratios gives one shape;
+- mapped to x = 2·pixel/255 - 1.
+
+The whole folder is decoded once into a uint8 tensor ``[N, C, S, S]``; with ``cache_dir`` that tensor (with the
+labels) is stored in ``<cache_dir>/<key>.pt``, the key a hash of the folder's files (relative paths, sizes, mtimes),
+``image_size`` and ``channels``: a later run loads it instead of decoding, and any added, removed or changed file
+makes a new key. A cache file that cannot be read is moved aside (``.corrupt-<n>``) and rebuilt.
+
+Class sub-folders: when every image lies in a first-level sub-folder of ``root``, the sub-folder names (sorted) are
+the classes; ``labels`` (int64 per image) and ``num_classes`` are stored in the cache and exposed on the datamodule
+and on each split dataset (``dataset.labels``). Images directly in ``root`` mean no labels (``num_classes = 0``).
+The file list is sorted and split with a seeded permutation; the training order is the EpochSampler's, a function
+of (seed, epoch), resumable.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vdmlab.data.base import DiffusionDataModule, levels_to_values
+from vdmlab.cache import atomic_save, load_checked
+from vdmlab.data.base import DiffusionDataModule, LevelDataset
+
+log = logging.getLogger("vdmlab")
 
 DEFAULT_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "gif")
 
@@ -69,32 +91,60 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
     return n - n_val - n_test, n_val, n_test
 
 
+class ImageTooSmallError(ValueError):
+    """An image's shorter side is smaller than ``image_size`` (it would have to be upsampled)."""
+
+
 def load_image(path: Path, image_size: int, channels: int) -> Tensor:
     """Read one image as uint8 [C, image_size, image_size] (resize shorter side, center-crop)."""
     try:
         with Image.open(path) as image:
+            if min(image.size) < image_size:
+                width, height = image.size
+                raise ImageTooSmallError(
+                    f"image file {path} is {width}x{height}, smaller than dataset.image_size={image_size} on its shorter "
+                    f"side, and vdmlab does not upsample: set dataset.image_size<={min(image.size)}, or remove or "
+                    f"enlarge the file"
+                )
             image = image.convert("L" if channels == 1 else "RGB")
             image = TF.resize(image, image_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
             image = TF.center_crop(image, [image_size, image_size])
             return TF.pil_to_tensor(image)
+    except ImageTooSmallError:
+        raise
     except Exception as err:
         raise OSError(f"could not read image file {path}: {type(err).__name__}: {err}") from err
 
 
-class ImageFileDataset(Dataset):
-    """Lazily loaded image files, each yielded as float32 [C, S, S] on the 256-level grid of [-1, 1]."""
+class DecodedImages(LevelDataset):
+    """A split of a decoded image folder: uint8 levels [N, C, S, S], its ``files`` and (with class folders) ``labels``."""
 
-    def __init__(self, files: Sequence[Path], image_size: int, channels: int):
-        """``files``: image paths; ``image_size``: output side S; ``channels``: 1 (gray) or 3 (RGB)."""
+    def __init__(self, levels: Tensor, files: Sequence[Path], labels: Tensor | None):
+        super().__init__(levels, 256)
         self.files = list(files)
-        self.image_size = image_size
-        self.channels = channels
+        self.labels = labels
 
-    def __len__(self) -> int:
-        return len(self.files)
 
-    def __getitem__(self, index: int) -> Tensor:
-        return levels_to_values(load_image(self.files[index], self.image_size, self.channels), 256)
+CACHE_VERSION = 1
+
+
+def folder_key(root: Path, files: Sequence[Path], image_size: int, channels: int) -> str:
+    """Hash of what the decoded tensor depends on: the files' relative paths, sizes and mtimes, S and C."""
+    digest = hashlib.sha1(f"v{CACHE_VERSION}|{image_size}|{channels}\n".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def class_labels(root: Path, files: Sequence[Path]) -> tuple[Tensor | None, list[str]]:
+    """(labels, class names) when every file lies in a first-level sub-folder of ``root``; else (None, [])."""
+    rel = [path.relative_to(root).parts for path in files]
+    if not rel or any(len(parts) < 2 for parts in rel):
+        return None, []
+    names = sorted({parts[0] for parts in rel})
+    index = {name: i for i, name in enumerate(names)}
+    return torch.tensor([index[parts[0]] for parts in rel], dtype=torch.int64), names
 
 
 class ImageFolderDataModule(DiffusionDataModule):
@@ -109,6 +159,7 @@ class ImageFolderDataModule(DiffusionDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         verify_images: bool = True,
+        cache_dir: str | None = None,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -124,7 +175,8 @@ class ImageFolderDataModule(DiffusionDataModule):
             val_fraction: fraction of the images used for validation (at least 1 when there are >= 3 images).
             test_fraction: fraction of the images used for testing (at least 1 when there are >= 3 images).
             verify_images: check in ``setup`` that every file opens with PIL (``verify()``), naming the first
-                bad file; turn off only for huge folders already known to be clean.
+                bad file, before decoding (skipped when the decoded cache is valid).
+            cache_dir: folder of the decoded-tensor cache (None: decode in memory at every start).
             batch_size: training batch size (the last incomplete batch is dropped).
             eval_batch_size: validation/test batch size; None means ``batch_size``.
             num_workers: DataLoader worker processes.
@@ -163,8 +215,17 @@ class ImageFolderDataModule(DiffusionDataModule):
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
         self.verify_images = bool(verify_images)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.labels: Tensor | None = None
+        self.class_names: list[str] = []
+        self.cache_path: Path | None = None
 
-    def list_files(self) -> list[Path]:
+    @property
+    def num_classes(self) -> int:
+        """Number of class sub-folders (0 when the images are not in class folders); known after ``setup``."""
+        return len(self.class_names)
+
+    def list_files(self, verify: bool | None = None) -> list[Path]:
         """All image files below ``root``, with clear errors for a missing root, no images or a bad file."""
         if not self.root.is_dir():
             what = "is a file, not a folder" if self.root.exists() else "does not exist"
@@ -177,7 +238,7 @@ class ImageFolderDataModule(DiffusionDataModule):
                 f"no image files found in {self.root.resolve()} (searched recursively for the extensions "
                 f"{', '.join(self.extensions)}); put images there or set dataset.root / dataset.extensions"
             )
-        if self.verify_images:
+        if self.verify_images if verify is None else verify:
             bad = first_unreadable(files)
             if bad is not None:
                 path, err = bad
@@ -187,11 +248,44 @@ class ImageFolderDataModule(DiffusionDataModule):
                 )
         return files
 
+    def decode(self) -> tuple[list[Path], Tensor, Tensor | None, list[str]]:
+        """(files, uint8 levels [N, C, S, S], labels, class names), from the cache when it matches the folder."""
+        files = self.list_files(verify=False)
+        key = folder_key(self.root, files, self.image_size, self.channels)
+        rel = [path.relative_to(self.root).as_posix() for path in files]
+        if self.cache_dir is not None:
+            self.cache_path = self.cache_dir / f"image_folder-{key}.pt"
+            shape = (len(files), *self.data_shape)
+
+            def problem(obj) -> str | None:
+                ok = (isinstance(obj, dict) and obj.get("key") == key and obj.get("files") == rel
+                      and isinstance(obj.get("levels"), Tensor) and obj["levels"].dtype == torch.uint8
+                      and tuple(obj["levels"].shape) == shape)
+                return None if ok else f"its content does not match the folder {self.root} (key {key})"
+
+            cached = load_checked(self.cache_path, problem, "image folder cache")
+            if cached is not None:
+                return files, cached["levels"], cached["labels"], list(cached["class_names"])
+        if self.verify_images:
+            self.list_files(verify=True)
+        log.info("decoding %d images of %s to %dx%d (once%s)", len(files), self.root, self.image_size, self.image_size,
+                 f"; cached in {self.cache_path}" if self.cache_path else "")
+        levels = torch.stack([load_image(path, self.image_size, self.channels) for path in files])
+        labels, names = class_labels(self.root, files)
+        if self.cache_path is not None:
+            atomic_save({"key": key, "version": CACHE_VERSION, "files": rel, "levels": levels, "labels": labels,
+                         "class_names": names, "root": str(self.root.resolve())}, self.cache_path)
+        return files, levels, labels, names
+
     def build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
-        """Scan and verify the folder, then split the sorted files with a permutation seeded by ``seed``."""
-        files = self.list_files()
+        """Decode (or load) the folder, then split the sorted files with a permutation seeded by ``seed``."""
+        files, levels, labels, self.class_names = self.decode()
+        self.labels = labels
         n_train, n_val, _ = split_sizes(len(files), self.val_fraction, self.test_fraction)
         order = np.random.default_rng(self.seed).permutation(len(files))
-        shuffled = [files[i] for i in order]
-        parts = shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
-        return tuple(ImageFileDataset(part, self.image_size, self.channels) for part in parts)
+        parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+        return tuple(
+            DecodedImages(levels[torch.as_tensor(idx, dtype=torch.long)], [files[i] for i in idx],
+                          None if labels is None else labels[torch.as_tensor(idx, dtype=torch.long)])
+            for idx in parts
+        )
