@@ -20,6 +20,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
+from vdmlab.loggers import finish_wandb
+
 DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
                    "LOCAL_WORLD_SIZE")
 CONFIG_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
@@ -76,12 +78,3 @@ class MultirunJob(Callback):
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
-
-def finish_wandb() -> None:
-    """``wandb.finish()`` if a run is open: without it the next job of a multirun logs into the same run."""
-    if "wandb" not in sys.modules:
-        return
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
