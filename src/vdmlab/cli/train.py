@@ -97,6 +97,6 @@ def run(cfg: DictConfig) -> float | None:
         finish_loggers(loggers)
     if trainer.is_global_zero:
         metrics["time/minutes"] = (time.time() - start) / 60
-        metrics["train/steps"] = float(trainer.global_step)
+        metrics["train/steps"] = trainer.global_step
         log.info("Finished %s in %s\n%s", cfg.task_name, output_dir, format_table(dict(sorted(metrics.items()))))
     return metrics.get("val/bpd")
