@@ -203,6 +203,9 @@ class ConsoleFormatter(logging.Formatter):
 
 def capture_warnings() -> None:
     """Send Python warnings (Lightning's hints among them) through logging, so the job log holds them too; only
-    when Hydra has set up the job log (a file handler on the root logger), so library use and tests are untouched."""
-    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+    when Hydra has set up the job log in this run's folder, so library use and tests are untouched."""
+    hydra_cfg = _hydra_config()
+    output_dir = hydra_cfg.runtime.get("output_dir") if hydra_cfg is not None else None
+    if output_dir and any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == Path(output_dir)
+                          for h in logging.getLogger().handlers):
         logging.captureWarnings(True)
