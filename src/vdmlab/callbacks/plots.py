@@ -12,7 +12,6 @@ from vdmlab.callbacks.samples import log_image
 from vdmlab.diffusion.schedules import Schedule
 from vdmlab.diffusion.weighting import Weighting, augmentation_kernel
 
-
 FLAT = 0.1  # a curve whose range is under 10 % of its size is drawn as flat, not auto-scaled into its rounding noise
 
 
