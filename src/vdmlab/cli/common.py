@@ -60,7 +60,9 @@ def format_table(rows: dict[str, float | int | str]) -> str:
         stage, _, name = key.rpartition("/")
         if name in FOLDED and f"{stage}/fid" in rows:
             continue
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        text = str(value)
+        if isinstance(value, float):  # 4 decimals; small values (a learning rate) in scientific notation
+            text = f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
         if name == "fid":
             text = f"{text}  {fid_scale(rows, stage)}".rstrip()
         shown.append((key, text, describe(key)))
