@@ -37,6 +37,7 @@ def python(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_log_holds_the_console_and_ends_with_the_metrics_table(tmp_path):
     result = python("train.py", "trainer.max_steps=3", "fid=null", "logger=csv",
                     "callbacks.sample_grid.num_samples=4", "sampler.steps=4", f"paths.log_dir={tmp_path}")
