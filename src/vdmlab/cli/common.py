@@ -15,7 +15,8 @@ def pick_device(name: str) -> torch.device:
 
 
 # One line per metric of the final tables, keyed by the name after "<stage>/" (train/val/test) or by the full key;
-# train/* rows are the last logged training step (training weights), val/* and test/* use the EMA weights.
+# train/* rows are the last logged training step (training weights), val/* and test/* use the EMA weights; the full
+# explanations, with scales, are in docs/metrics.md.
 METRIC_DESCRIPTIONS: dict[str, str] = {
     "loss": "weighted loss being trained, 1/2 w(λ)/p(λ) ||ε - ε̂||² (eq. 4.123), nats",
     "loss_variance": "variance of the per-example loss over the batch: the gradient noise",
