@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -12,12 +13,14 @@ from torch.utils.data import DataLoader
 
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import format_table, pick_device
-from vdmlab.cli.train import finish_loggers, instantiate_all
+from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
+from vdmlab.loggers import capture_warnings, finish_loggers
 from vdmlab.metrics.bpd import evaluate_bpd
 from vdmlab.metrics.fid import FIDMetric, fid_feature, split_fid
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger("vdmlab")
 
 
 def split_loader(datamodule, split: str) -> DataLoader:
@@ -42,7 +45,9 @@ def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate one checkpoint; prints a table, writes metrics.json into the run dir and logs to the loggers."""
+    """Evaluate one checkpoint; logs a table (console and eval.log), writes metrics.json into the run dir and
+    sends the metrics to the loggers."""
+    capture_warnings()
     device = pick_device(cfg.device)
     overrides = {f"dataset.{k}": v for k, v in (cfg.get("dataset") or {}).items()}
     built = build_from_checkpoint(cfg.ckpt_path, overrides)
@@ -66,6 +71,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
             logger.log_metrics(metrics, step=0)
     finally:
         finish_loggers(loggers)
-    print(f"\nEvaluated {cfg.ckpt_path} on the {cfg.split} split ({device})\n{format_table(metrics)}\n"
-          f"metrics written to {out / 'metrics.json'}", flush=True)
+    log.info("Evaluated %s on the %s split (%s)\n%s\nmetrics written to %s", cfg.ckpt_path, cfg.split, device,
+             format_table(metrics), out / "metrics.json")
     return metrics
