@@ -1,6 +1,7 @@
 """Defaults that follow the data (docs/datasets.md): λ_max from K, λ_min from the prior bound, the UNet from the
 resolution; explicit overrides win; a K = 256 image folder without endpoint overrides has a negligible decoder term."""
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -122,15 +123,16 @@ def write_smooth_images(root: Path, n: int, size: int, seed: int = 0) -> None:
 
 
 @pytest.mark.slow
-def test_k256_image_folder_run_has_negligible_reconstruction_term(make_config, tmp_path, capsys):
+def test_k256_image_folder_run_has_negligible_reconstruction_term(make_config, tmp_path, capsys, caplog):
     write_smooth_images(tmp_path / "images", 40, 16)
     cfg = make_config(["debug=fdr", "logger=csv", "dataset=image_folder", f"dataset.root={tmp_path / 'images'}",
                        "dataset.image_size=16", "dataset.batch_size=8", "dataset.num_workers=0",
                        "dataset.val_fraction=0.2", "dataset.test_fraction=0.2", "model.width=16",
                        "model.num_res_blocks=1"])  # no endpoint overrides; a narrow net for CPU time only
     assert cfg.schedule.logsnr_max == logsnr_max_for_levels(256)
+    caplog.set_level(logging.INFO)
     run(cfg)
-    table = capsys.readouterr().out
+    table = capsys.readouterr().out + caplog.text  # the final metrics table (logged, or printed)
     match = re.search(r"test/bpd_reconstruction\s*\|?\s*([0-9.eE+-]+)", table)
     assert match, table
     assert float(match.group(1)) < 0.05
