@@ -23,8 +23,8 @@ def schedule_statistics(rank: int, world: int, init_file: str, queue) -> None:
 
 def ode_bpd_shard(rank: int, world: int, init_file: str, queue) -> None:
     """Each rank evaluates the ODE bits/dim of its unpadded shard of 7 examples; the metric gathers all ranks."""
-    from vdmlab.diffusion import parameterization as PZ
     from vdmlab.diffusion import ode_likelihood as OL
+    from vdmlab.diffusion import parameterization as PZ
     from vdmlab.metrics.fid import shard_indices
     from vdmlab.metrics.ode_bpd import evaluate_ode_bpd
 

@@ -237,14 +237,19 @@ def ode_log_prob(
     denoise: Denoiser,
     z_0: Tensor,
     schedule: Schedule,
-    solver: Callable = HeunSolver(),
-    divergence: ExactDivergence | HutchinsonDivergence = ExactDivergence(),
+    solver: Callable | None = None,
+    divergence: ExactDivergence | HutchinsonDivergence | None = None,
     prior_log_prob: Callable[[Tensor], Tensor] = standard_normal_log_prob,
     generator: torch.Generator | None = None,
     example_ids: Tensor | None = None,
     seed: int = 0,
 ) -> ODELogProb:
-    """log p_0(z_0) = log p_1(z_1) + ∫_{λ_max}^{λ_min} ∇·f dλ along the probability-flow ODE (module docstring)."""
+    """log p_0(z_0) = log p_1(z_1) + ∫_{λ_max}^{λ_min} ∇·f dλ along the probability-flow ODE (module docstring).
+
+    ``solver`` defaults to ``HeunSolver()``, ``divergence`` to ``ExactDivergence()``.
+    """
+    solver = solver if solver is not None else HeunSolver()
+    divergence = divergence if divergence is not None else ExactDivergence()
     batch, data_dim = z_0.shape[0], z_0[0].numel()
     probes = divergence.probes(z_0, generator=generator, example_ids=example_ids, seed=seed)
 
@@ -330,7 +335,7 @@ def dequantized_nll(
     denoise: Denoiser,
     schedule: Schedule,
     num_levels: int,
-    dequantization: Callable = UniformDequantization(),
+    dequantization: Callable | None = None,
     num_draws: int = 1,
     generator: torch.Generator | None = None,
     example_ids: Tensor | None = None,
@@ -339,12 +344,13 @@ def dequantized_nll(
 ) -> DequantizedNLL:
     """-log P(x) ≤ E_q[-log p(y) + log q(y|x)] with ``num_draws`` dequantizations (module docstring).
 
-    With ``example_ids`` the dequantization noise and probes are drawn per example, so the result does not
-    depend on batching or on the DDP rank.
+    ``dequantization`` defaults to ``UniformDequantization()``. With ``example_ids`` the dequantization noise
+    and probes are drawn per example, so the result does not depend on batching or on the DDP rank.
     """
     if int(num_draws) < 1:
         raise ValueError(f"ode.num_draws must be >= 1, got {num_draws}")
-    bounds, ses = [], []
+    dequantization = dequantization if dequantization is not None else UniformDequantization()
+    bounds = []
     for s in range(int(num_draws)):
         if example_ids is None:
             normal = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
