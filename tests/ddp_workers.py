@@ -5,6 +5,19 @@ import torch
 from vdmlab.diffusion import schedules as S
 
 
+def run_ranks(target, world: int, init_file: str) -> list:
+    """Start ``world`` spawned processes ``target(rank, world, init_file, queue)`` and return what each put."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    procs = [ctx.Process(target=target, args=(r, world, init_file, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
 def schedule_statistics(rank: int, world: int, init_file: str, queue) -> None:
     """Each rank draws its own λ and losses, updates an adaptive and a learned schedule, and reports their state."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from ddp_workers import ode_bpd_shard, ode_test_problem
+from ddp_workers import ode_bpd_shard, ode_test_problem, run_ranks
 from oracles import GaussianOracle
 
 from vdmlab.diffusion import ode_likelihood as OL
@@ -249,14 +249,7 @@ def test_ode_bpd_is_independent_of_batching():
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_ode_bpd_on_two_ddp_ranks_equals_one_process_and_dopri5_is_refused(tmp_path):
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    procs = [ctx.Process(target=ode_bpd_shard, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = [queue.get() for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    results = run_ranks(ode_bpd_shard, 2, str(tmp_path / "init"))
     net, x = ode_test_problem()
     single = evaluate_ode_bpd(net, S.CosineSchedule(-8.0, 8.0), PZ.EpsParameterization(),
                               [(torch.arange(7), x)], 17, solver=OL.HeunSolver(6),
