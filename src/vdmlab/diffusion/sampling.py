@@ -103,7 +103,8 @@ def euler_ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: to
     """Euler-ancestral (k-diffusion's ``sample_euler_ancestral``) in y = z/α, η = e^{-λ/2}, then z_s = α_s y_s.
 
     Each step goes down to η_down by Euler on dy/dη = ε̂ and adds fresh noise of std η_up, with
-    η_up = min(η_s, eta·η_s·sqrt(1 - η_s²/η_t²)) and η_down² = η_s² - η_up²; ``eta=0`` is DDIM.
+    η_up = min(η_s, eta·η_s·sqrt(1 - η_s²/η_t²)) and η_down² = η_s² - η_up²; ``eta=0`` is DDIM, and ``eta=1``
+    is the ancestral sampler exactly (η_down = η_s²/η_t makes it the posterior mean, η_up² its variance).
     """
     for logsnr_t, logsnr_s in _steps(logsnrs, z.shape[0]):
         eps_hat = denoise(z, logsnr_t).eps_hat
