@@ -57,3 +57,32 @@ def test_eval_py_prints_ode_bits_per_dim_and_the_sample_metrics(tiny_checkpoint,
     metrics = json.loads(next(tmp_path.glob("eval/runs/*/metrics.json")).read_text())
     assert sum(metrics[f"test/class_{c}"] for c in range(10)) == 100
     assert "test/bpd" not in metrics  # likelihood=[ode] skips the ELBO
+
+
+@pytest.mark.slow
+def test_sampler_nfe_benchmark_writes_its_table(tiny_checkpoint, tmp_path):
+    out = tmp_path / "nfe"
+    result = subprocess.run([sys.executable, "benchmarks/sampler_nfe.py", "--ckpt", str(tiny_checkpoint), "--n", "20",
+                             "--nfe", "2", "4", "--samplers", "ddim", "edm", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("ddim", 2), ("ddim", 4), ("edm", 2), ("edm", 4)]
+    assert all(math.isfinite(r["fid"]) and 0 <= r["precision"] <= 1 for r in rows)
+    assert "| edm |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_ode_toy2d_script_compares_with_the_analytic_density(tmp_path):
+    run = tmp_path / "toy"
+    train_run(compose_config(run, ["dataset=toy2d", "model=mlp", "model.hidden=32", "model.depth=1",
+                                   "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+                                   "+trainer.limit_val_batches=1", "fid=null", "logger=csv",
+                                   "callbacks.sample_grid.every_n_epochs=1000"]))
+    figure = tmp_path / "ode_toy2d.png"
+    result = subprocess.run([sys.executable, "scripts/ode_toy2d.py", "--ckpt", str(run / "checkpoints" / "last.ckpt"),
+                             "--n", "50", "--steps", "2", "--grid", "8", "--out", str(figure)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads(figure.with_suffix(".json").read_text())
+    assert figure.is_file() and numbers["n"] == 50 and math.isfinite(numbers["pearson_r"])
