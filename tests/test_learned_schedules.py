@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import REPO
-from ddp_workers import schedule_statistics
+from ddp_workers import run_ranks, schedule_statistics
 from scipy import stats
 from torch import nn
 
@@ -216,14 +216,7 @@ def test_adaptive_density_is_the_ema_statistic_mixed_with_uniform():
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_statistics_are_all_reduced_over_ddp_ranks(tmp_path):
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    procs = [ctx.Process(target=schedule_statistics, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get() for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = sorted(run_ranks(schedule_statistics, 2, str(tmp_path / "init")))
     (_, lam0, loss0, *state0), (_, lam1, loss1, *state1) = results
     pooled = S.AdaptiveSchedule(-5.0, 10.0, num_bins=10)
     pooled.update(torch.cat([lam0, lam1]), torch.cat([loss0, loss1]))
