@@ -50,7 +50,8 @@ from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import pick_device
 from vdmlab.diffusion.losses import diffusion_loss, iid_times, low_discrepancy_times
 from vdmlab.diffusion.parameterization import Parameterization
-from vdmlab.diffusion.schedules import AdaptiveSchedule, CosineSchedule, LearnedSchedule, LinearSchedule, Schedule
+from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
+from vdmlab.diffusion.schedules import CosineSchedule, LinearSchedule, Schedule
 from vdmlab.diffusion.weighting import Weighting
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"

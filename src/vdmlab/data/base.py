@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from vdmlab.distributed import rank_and_world
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """The files of a dataset are not on disk and could not be downloaded (e.g. on an offline machine)."""
@@ -98,11 +100,6 @@ def split_index_batch(batch) -> tuple[Tensor | None, Tensor]:
     return index, x
 
 
-def _rank_and_world() -> tuple[int, int]:
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-
-
 class EpochSampler(Sampler[int]):
     """Indices in an order that depends only on (seed, epoch), sharded across DDP ranks, and resumable.
 
@@ -132,7 +129,7 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.num_examples, generator=generator).tolist()
         else:
             order = list(range(self.num_examples))
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         if world > 1:
             order += order[: (-len(order)) % world]
             order = order[rank::world]
@@ -146,7 +143,7 @@ class EpochSampler(Sampler[int]):
         return iter(order)
 
     def __len__(self) -> int:
-        _, world = _rank_and_world()
+        _, world = rank_and_world()
         return -(-self.num_examples // world)
 
 

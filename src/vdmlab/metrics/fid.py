@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from vdmlab.distributed import rank_and_world
 from vdmlab.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -173,9 +174,7 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     Defaults to the current torch.distributed rank and world size (0 and 1 when not distributed).
     """
     if rank is None or world_size is None:
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank = torch.distributed.get_rank() if dist else 0
-        world_size = torch.distributed.get_world_size() if dist else 1
+        rank, world_size = rank_and_world()
     return range(rank, n, world_size)
 
 
