@@ -12,7 +12,7 @@ def schedule_statistics(rank: int, world: int, init_file: str, queue) -> None:
     logsnr, loss = torch.rand(50, generator=gen, dtype=torch.float64) * 15 - 5, torch.rand(50, generator=gen) + rank
     adaptive = LS.AdaptiveSchedule(-5.0, 10.0, num_bins=10)
     adaptive.update(logsnr, loss)
-    learned = LS.LearnedSchedule(-5.0, 10.0, hidden=4)
+    learned = LS.LearnedSchedule(-5.0, 10.0, hidden=4, lr_multiplier=1.0)
     with torch.enable_grad():
         learned(torch.rand(50, generator=gen))
     holder = learned._armed[-1]

@@ -43,7 +43,7 @@ def fitted_adaptive(num_bins: int = 30, dtype=torch.float64) -> LS.AdaptiveSched
     return schedule
 
 
-LEARNED = [LS.LearnedSchedule(-5.0, 10.0), perturbed(LS.LearnedSchedule(-5.0, 10.0)),
+LEARNED = [LS.LearnedSchedule(-5.0, 10.0, lr_multiplier=1.0), perturbed(LS.LearnedSchedule(-5.0, 10.0, lr_multiplier=1.0)),
            perturbed(LS.LearnedSchedule(-7.3, 13.3, hidden=16, lr_multiplier=3.0), scale=2.0)]
 ALL = [*LEARNED, LS.AdaptiveSchedule(-5.0, 10.0), fitted_adaptive()]
 IDS = ["learned-init", "learned-perturbed", "learned-small", "adaptive-uniform", "adaptive-fitted"]
@@ -86,7 +86,7 @@ def test_learned_derivative_matches_finite_difference(schedule):
 
 
 def test_learned_is_vdm_monotone_network_with_positive_weights():
-    schedule = LS.LearnedSchedule(-5.0, 10.0)
+    schedule = LS.LearnedSchedule(-5.0, 10.0, lr_multiplier=1.0)
     a, b, c, _ = schedule._unit_params(torch.float64)
     assert schedule.log_b.shape == schedule.log_c.shape == schedule.d.shape == (1024,)
     assert a > 0 and (b > 0).all() and (c > 0).all()
@@ -133,7 +133,7 @@ def finite_difference(param, index, fn, h=1e-4):
                          ids=["elbo-eps", "sigmoid-v"])
 def test_shape_gradient_is_the_gradient_of_the_empirical_second_moment(weighting, parameterization):
     torch.manual_seed(0)
-    schedule = perturbed(LS.LearnedSchedule(-5.0, 10.0, hidden=4, learn_endpoints=True), scale=1.0).double()
+    schedule = perturbed(LS.LearnedSchedule(-5.0, 10.0, hidden=4, learn_endpoints=True, lr_multiplier=1.0), scale=1.0).double()
     net = TinyDenoiser(3).double()
     x, t, eps = torch.randn(6, 3, dtype=torch.float64), torch.rand(6, dtype=torch.float64), torch.randn(6, 3).double()
     objective = dict(net=net, x=x, t=t, eps=eps, weighting=weighting, parameterization=parameterization)
@@ -161,7 +161,7 @@ def test_shape_gradient_is_the_gradient_of_the_empirical_second_moment(weighting
 
 def test_backward_without_update_uses_the_plain_gradient_and_never_a_stale_factor():
     torch.manual_seed(1)
-    schedule = perturbed(LS.LearnedSchedule(-5.0, 10.0, hidden=4), scale=1.0).double()
+    schedule = perturbed(LS.LearnedSchedule(-5.0, 10.0, hidden=4, lr_multiplier=1.0), scale=1.0).double()
     net = TinyDenoiser(3).double()
     objective = dict(net=net, x=torch.randn(5, 3).double(), t=torch.rand(5).double(), eps=torch.randn(5, 3).double(),
                      weighting=ELBOWeighting(), parameterization=EpsParameterization())
@@ -175,7 +175,7 @@ def test_backward_without_update_uses_the_plain_gradient_and_never_a_stale_facto
 
 def test_endpoints_stay_exact_while_the_shape_trains():
     torch.manual_seed(0)
-    schedule, net = LS.LearnedSchedule(-5.0, 13.3), TinyDenoiser(4)
+    schedule, net = LS.LearnedSchedule(-5.0, 13.3, lr_multiplier=1.0), TinyDenoiser(4)
     before = [p.detach().clone() for p in schedule.parameters()]
     optimizer = torch.optim.Adam([*schedule.parameters(), *net.parameters()], lr=0.05)
     for _ in range(5):
@@ -311,7 +311,7 @@ def test_train_py_learned_schedule_subprocess(tmp_path):
     assert schedule.logsnr(torch.tensor([0.0, 1.0])).tolist() == [10.0, -5.0]
 
 
-@pytest.mark.parametrize("make", [lambda: LS.LearnedSchedule(-30.0, 30.0, hidden=16),
+@pytest.mark.parametrize("make", [lambda: LS.LearnedSchedule(-30.0, 30.0, hidden=16, lr_multiplier=1.0),
                                   lambda: LS.AdaptiveSchedule(-30.0, 30.0, num_bins=20)], ids=["learned", "adaptive"])
 def test_float32_tails_at_plus_minus_30(make):
     """λ ∈ [-30, 30] in float32: finite λ(t), dλ/dt, t(λ), p(λ) with t = 0 and 1 exactly, exact endpoints,

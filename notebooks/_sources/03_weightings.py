@@ -70,7 +70,7 @@ CELLS = [
         "shifted cosine (8x8)": S.SimpleDiffusionSchedule(LO, HI, resolution=8),
         "EDM": S.EDMSchedule(LO, HI),
         "flow": S.FlowSchedule(LO, HI),
-        "learned (init)": LS.LearnedSchedule(LO, HI, hidden=256),
+        "learned (init)": LS.LearnedSchedule(LO, HI, hidden=256, lr_multiplier=1.0),
         "adaptive (init)": LS.AdaptiveSchedule(LO, HI),
     }
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))

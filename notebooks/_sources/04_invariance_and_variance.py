@@ -219,7 +219,7 @@ CELLS = [
     (C, r"""
     def fit_learned(weighting, steps=600, lr=0.02, batch=256, seed=2):
         # Adam on the variance gradient of the learned shape; returns the schedule and E[L²] per step
-        schedule = LS.LearnedSchedule(LO, HI)
+        schedule = LS.LearnedSchedule(LO, HI, lr_multiplier=1.0)
         optimizer = torch.optim.Adam(schedule.parameters(), lr=lr)
         g = torch.Generator().manual_seed(seed)
         second_moment = []

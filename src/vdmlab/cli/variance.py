@@ -48,9 +48,9 @@ from torch import Tensor, nn
 
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import pick_device
+from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
 from vdmlab.diffusion.losses import diffusion_loss, iid_times, low_discrepancy_times
 from vdmlab.diffusion.parameterization import Parameterization
-from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
 from vdmlab.diffusion.schedules import CosineSchedule, LinearSchedule, Schedule
 from vdmlab.diffusion.weighting import Weighting
 
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     measured = split_tensor(built.datamodule, args.split).to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
-    learned = LearnedSchedule(lo, hi).to(device)
+    learned = LearnedSchedule(lo, hi, lr_multiplier=1.0).to(device)
     first, last = fit_learned(learned, train, batch_size, args.fit_steps, args.fit_lr, gen, **objective)
     print(f"learned: fitted in {args.fit_steps} Adam steps (lr {args.fit_lr}): E[L²] {first:.4g} -> {last:.4g}")
     adaptive = AdaptiveSchedule(lo, hi).to(device)

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vdmlab.checks import check_bool, check_float, check_int, check_positive
 from vdmlab.diffusion.schedules import Schedule
 from vdmlab.distributed import all_reduce_sum
 
@@ -70,13 +71,11 @@ class LearnedSchedule(Schedule):
     module adds the ELBO's prior and decoder terms (eq. 3.60) for them (``trainable_endpoints``).
     """
 
-    def __init__(self, logsnr_min: float = -5.0, logsnr_max: float = 10.0, hidden: int = 1024,
-                 learn_endpoints: bool = False, lr_multiplier: float = 1.0):
-        self.learn_endpoints = bool(learn_endpoints)
+    def __init__(self, logsnr_min: float, logsnr_max: float, hidden: int = 1024, learn_endpoints: bool = False, *,
+                 lr_multiplier: float):
+        self.learn_endpoints = check_bool("learn_endpoints", learn_endpoints)
         super().__init__(logsnr_min, logsnr_max)
-        if int(hidden) < 1 or not lr_multiplier > 0:
-            raise ValueError(f"schedule.hidden must be >= 1 and schedule.lr_multiplier > 0, got {hidden}, {lr_multiplier}")
-        self.hidden, self.lr_multiplier = int(hidden), float(lr_multiplier)
+        self.hidden, self.lr_multiplier = check_int("hidden", hidden, 1), check_positive("lr_multiplier", lr_multiplier)
         gen = torch.Generator().manual_seed(0)
         centre = torch.rand(self.hidden, generator=gen, dtype=torch.float64)
         slope = torch.exp(math.log(2.0) + math.log(20.0) * torch.rand(self.hidden, generator=gen, dtype=torch.float64))
@@ -222,15 +221,12 @@ class AdaptiveSchedule(Schedule):
     the continuous-time objective (eq. 4.123) under the density that drew λ (the current one).
     """
 
-    def __init__(self, logsnr_min: float = -5.0, logsnr_max: float = 10.0, num_bins: int = 100,
-                 ema_decay: float = 0.99, uniform_mix: float = 0.05):
+    def __init__(self, logsnr_min: float, logsnr_max: float, num_bins: int = 100, ema_decay: float = 0.99,
+                 uniform_mix: float = 0.05):
         super().__init__(logsnr_min, logsnr_max)
-        if int(num_bins) < 1 or not 0.0 <= ema_decay < 1.0 or not 0.0 < uniform_mix <= 1.0:
-            raise ValueError(
-                f"schedule.num_bins must be >= 1, schedule.ema_decay in [0, 1) and schedule.uniform_mix in (0, 1], "
-                f"got num_bins={num_bins}, ema_decay={ema_decay}, uniform_mix={uniform_mix}"
-            )
-        self.num_bins, self.ema_decay, self.uniform_mix = int(num_bins), float(ema_decay), float(uniform_mix)
+        self.num_bins = check_int("num_bins", num_bins, 1)
+        self.ema_decay = check_float("ema_decay", ema_decay, minimum=0.0, maximum=1.0, open_max=True)
+        self.uniform_mix = check_float("uniform_mix", uniform_mix, minimum=0.0, maximum=1.0, open_min=True)
         self.register_buffer("ema_sum", torch.zeros(self.num_bins, dtype=torch.float64))
         self.register_buffer("ema_weight", torch.zeros(self.num_bins, dtype=torch.float64))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from vdmlab.checks import check_int
 from vdmlab.diffusion.losses import diffusion_loss, low_discrepancy_times
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.process import alpha_sigma, diffuse, expand_like, log_alpha2_sigma2
@@ -28,14 +29,25 @@ def prior_kl(x: Tensor, logsnr_1: Tensor) -> Tensor:
     return 0.5 * (alpha2 * (x.pow(2) - 1.0) - log_sigma2).flatten(1).sum(1)
 
 
+def levels_to_values(levels: Tensor, num_levels: int) -> Tensor:
+    """The K-level grid: integer levels k ∈ {0, …, K-1} → float32 data values ``-1 + 2k/(K-1)``.
+
+    The one formula for the grid (data, decoder and samples), so that values from every code path compare equal.
+    """
+    num_levels = check_int("num_levels", num_levels, 2)
+    return torch.as_tensor(levels).to(torch.float32) * (2.0 / (num_levels - 1)) - 1.0
+
+
+def values_to_levels(x: Tensor, num_levels: int) -> Tensor:
+    """Index k (int64) of the grid level nearest to each value of x, which is first clamped to [-1, 1]."""
+    num_levels = check_int("num_levels", num_levels, 2)
+    x = torch.as_tensor(x).clamp(-1.0, 1.0)
+    return torch.round((x + 1.0) * ((num_levels - 1) / 2.0)).to(torch.int64)
+
+
 def levels(num_levels: int, device=None, dtype=torch.float32) -> Tensor:
     """The K data values -1 + 2k/(K-1), k = 0..K-1."""
-    return torch.linspace(-1.0, 1.0, num_levels, device=device, dtype=dtype)
-
-
-def level_index(x: Tensor, num_levels: int) -> Tensor:
-    """Index k of the level nearest to each value of x."""
-    return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 0.5 * (num_levels - 1)).long()
+    return levels_to_values(torch.arange(num_levels, device=device), num_levels).to(dtype)
 
 
 def decoder_logits(z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
@@ -49,15 +61,14 @@ def decoder_logits(z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
 def decoder_nll(x: Tensor, z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
     """-log p(x|z_0) of the discretized decoder, summed over dimensions, eq. (3.54); ``[B]``."""
     log_probs = torch.log_softmax(decoder_logits(z_0, logsnr_0, num_levels), dim=-1)
-    idx = level_index(x, num_levels).unsqueeze(-1)
+    idx = values_to_levels(x, num_levels).unsqueeze(-1)
     return -log_probs.gather(-1, idx).squeeze(-1).flatten(1).sum(1)
 
 
 def decode(z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
     """The mode of p(x|z_0): the level nearest to z_0/α_0, returned as data values in [-1, 1]."""
     alpha_0, _ = alpha_sigma(expand_like(logsnr_0, z_0))
-    idx = level_index(z_0 / alpha_0, num_levels)
-    return -1.0 + 2.0 * idx.to(z_0.dtype) / (num_levels - 1)
+    return levels_to_values(values_to_levels(z_0 / alpha_0, num_levels), num_levels).to(z_0.dtype)
 
 
 def bits_per_dim(nats: Tensor, data_dim: int) -> Tensor:

@@ -24,17 +24,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vdmlab.checks import ParameterError, check_float, check_int, check_positive
+
 
 class Schedule(nn.Module, abc.ABC):
     """A strictly decreasing map t → λ with endpoints λ(0) = ``logsnr_max`` and λ(1) = ``logsnr_min``."""
 
     def __init__(self, logsnr_min: float, logsnr_max: float):
         super().__init__()
-        if not (math.isfinite(logsnr_min) and math.isfinite(logsnr_max)) or logsnr_min >= logsnr_max:
-            raise ValueError(
-                f"schedule endpoints must be finite with logsnr_min < logsnr_max, got "
-                f"logsnr_min={logsnr_min}, logsnr_max={logsnr_max}; fix schedule.logsnr_min/logsnr_max"
-            )
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (logsnr_min, logsnr_max))
+        if not (numbers and math.isfinite(logsnr_min) and math.isfinite(logsnr_max) and logsnr_min < logsnr_max):
+            raise ParameterError(("logsnr_min", "logsnr_max"), (logsnr_min, logsnr_max),
+                                 "they must be finite with logsnr_min < logsnr_max (set diffusion.logsnr_min/logsnr_max)")
         self._set_endpoints(float(logsnr_min), float(logsnr_max))
 
     #: True when the endpoints are parameters trained by the ELBO (the module then adds the prior and decoder terms).
@@ -192,7 +193,7 @@ class ShiftedCosineSchedule(TruncatedSchedule):
     two_tailed = True
 
     def __init__(self, logsnr_min: float, logsnr_max: float, shift: float = 0.0):
-        self.shift = float(shift)
+        self.shift = check_float("shift", shift)
         super().__init__(logsnr_min, logsnr_max)
 
     def _g(self, tau: Tensor) -> Tensor:
@@ -229,6 +230,7 @@ class SimpleDiffusionSchedule(ShiftedCosineSchedule):
     """Shifted cosine configured by image resolution: shift = 2·log(base/resolution) (Hoogeboom et al.)."""
 
     def __init__(self, logsnr_min: float, logsnr_max: float, resolution: int = 8, base: int = 64):
+        resolution, base = check_int("resolution", resolution, 1), check_int("base", base, 1)
         super().__init__(logsnr_min, logsnr_max, shift=resolution_shift(resolution, base))
 
 
@@ -244,7 +246,7 @@ class EDMSchedule(TruncatedSchedule):
     two_tailed = True
 
     def __init__(self, logsnr_min: float, logsnr_max: float, mean: float = 2.4, std: float = 2.4):
-        self.mean, self.std = float(mean), float(std)
+        self.mean, self.std = check_float("mean", mean), check_positive("std", std)
         super().__init__(logsnr_min, logsnr_max)
 
     def _g(self, tau: Tensor) -> Tensor:
