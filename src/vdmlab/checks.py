@@ -116,6 +116,6 @@ def check_folder(name: str, value: Any) -> Path:
     path = Path(str(value)).expanduser() if value is not None else None
     if path is None or not path.is_dir():
         where = f" ({path.resolve()})" if path is not None else ""
-        raise MissingFolderError(name, value, f"it is not an existing folder{where}: point dataset.{name} at the "
-                                 "folder that holds the data")
+        reason = f"it is not an existing folder{where}: point dataset.{name} at the folder that holds the data"
+        raise MissingFolderError(name, None if value is None else str(value), reason)
     return path

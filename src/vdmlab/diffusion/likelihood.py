@@ -19,6 +19,7 @@ from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.process import alpha_sigma, diffuse, expand_like, log_alpha2_sigma2
 from vdmlab.diffusion.schedules import Schedule
 from vdmlab.diffusion.weighting import ELBOWeighting
+from vdmlab.seeds import EXAMPLE_SEED_STRIDE
 
 
 def prior_kl(x: Tensor, logsnr_1: Tensor) -> Tensor:
@@ -76,6 +77,17 @@ def bits_per_dim(nats: Tensor, data_dim: int) -> Tensor:
     return nats / (data_dim * math.log(2.0))
 
 
+def endpoint_terms(x: Tensor, schedule: Schedule, eps: Tensor, num_levels: int) -> tuple[Tensor, Tensor]:
+    """The prior KL at λ(1) and the decoder NLL at z_0 = α_0·x + σ_0·ε, eq. (3.60), each ``[B]`` nats.
+
+    They depend on the schedule only through its endpoints, differentiably so when it trains them
+    (``schedule.trainable_endpoints``).
+    """
+    logsnr_1, logsnr_0 = (e.expand(x.shape[0]) for e in schedule.endpoints(x))
+    z_0 = diffuse(x, logsnr_0, eps)
+    return prior_kl(x, logsnr_1), decoder_nll(x, z_0, logsnr_0, num_levels)
+
+
 @dataclass
 class ELBOTerms:
     """The three terms of the negative ELBO, eq. (3.60), each ``[B]`` in nats, and their sum."""
@@ -120,8 +132,6 @@ def negative_elbo(
     the data are batched or sharded across DDP ranks.
     """
     batch = x.shape[0]
-    ends = torch.tensor([schedule.logsnr_max, schedule.logsnr_min], device=x.device, dtype=x.dtype)
-    logsnr_0, logsnr_1 = (e.expand(batch) for e in ends)
     if example_ids is None:
         t_0 = low_discrepancy_times(batch, generator=generator, device=x.device)
         draws = [torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for _ in range(num_samples + 1)]
@@ -129,9 +139,9 @@ def negative_elbo(
         ids = example_ids.long().cpu()
         u = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
         t_0 = torch.remainder(u + ids.double() * GOLDEN, 1.0).to(device=x.device, dtype=x.dtype)
-        draws = [per_example_normal(ids * (num_samples + 1) + k + 1_000_003 * seed, x.shape[1:], x.device, x.dtype)
+        draws = [per_example_normal(ids * (num_samples + 1) + k + EXAMPLE_SEED_STRIDE * seed, x.shape[1:], x.device, x.dtype)
                  for k in range(num_samples + 1)]
-    z_0 = diffuse(x, logsnr_0, draws[0])
+    prior, reconstruction = endpoint_terms(x, schedule, draws[0], num_levels)
     diffusion = torch.zeros(batch, device=x.device, dtype=x.dtype)
     for k in range(num_samples):
         t = torch.remainder(t_0 + k / num_samples, 1.0)  # stratified per example and across the batch
@@ -140,8 +150,4 @@ def negative_elbo(
             parameterization=parameterization, timesteps=timesteps,
         )
         diffusion = diffusion + terms.elbo.detach() / num_samples
-    return ELBOTerms(
-        diffusion=diffusion,
-        prior=prior_kl(x, logsnr_1),
-        reconstruction=decoder_nll(x, z_0, logsnr_0, num_levels),
-    )
+    return ELBOTerms(diffusion=diffusion, prior=prior, reconstruction=reconstruction)

@@ -24,7 +24,7 @@ generate ``len(shard_indices(n_fake))`` samples per rank, so that the ranks toge
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -176,6 +176,16 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
     return range(rank, n, world_size)
+
+
+def sample_fid(metric: FIDMetric, sample: Callable[[int], Tensor], num_samples: int, batch_size: int) -> dict[str, float]:
+    """Feed this rank's share of ``num_samples`` fresh samples (``sample(n)`` → n images in [-1, 1]) to ``metric``
+    in batches of at most ``batch_size`` and compute FID against its real statistics (collective under DDP)."""
+    metric.reset()  # keeps the real statistics when the metric was built with reset_real_features=False
+    share = len(shard_indices(num_samples))
+    for start in range(0, share, batch_size):
+        metric.update(sample(min(batch_size, share - start)), real=False)
+    return metric.compute_dict()
 
 
 class FIDMetric(FrechetInceptionDistance):
