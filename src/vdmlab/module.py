@@ -25,7 +25,7 @@ from vdmlab.diffusion.sampling import generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
 from vdmlab.metrics.bpd import BPD_TERMS, BitsPerDim, update_bpd
-from vdmlab.metrics.fid import FIDMetric, fid_feature, sample_fid
+from vdmlab.metrics.fid import INCEPTION_FEATURES, FIDMetric, fid_feature, sample_fid
 from vdmlab.optim import EMA
 
 FID_KEYS = ("every_n_epochs", "num_samples", "feature", "inception_path", "steps", "batch_size")
@@ -51,6 +51,9 @@ def check_module_arguments(*, timesteps: Any = None, ema_decay: Any = 0.999, ema
             raise ParameterError("sampler.fn", sampler.get("fn"), "it must be a sampler function (a _partial_ target)")
         check_int("sampler.steps", sampler.get("steps"), 1)
         check_bool("sampler.clip_x", sampler.get("clip_x"))
+        if not (sampler.get("schedule") is None or isinstance(sampler["schedule"], Schedule)):
+            raise ParameterError("sampler.schedule", sampler["schedule"], "null (the training schedule) or a schedule "
+                                 "config (sampling_schedule=...)")
     if fid is not None:
         missing = [key for key in FID_KEYS if key not in fid]
         if missing:
@@ -59,8 +62,9 @@ def check_module_arguments(*, timesteps: Any = None, ema_decay: Any = 0.999, ema
         check_int("fid.num_samples", fid["num_samples"], 2)
         check_int("fid.steps", fid["steps"], 1)
         check_int("fid.batch_size", fid["batch_size"], 1)
-        if not isinstance(fid["feature"], (str, int)) or isinstance(fid["feature"], bool):
-            raise ParameterError("fid.feature", fid["feature"], "auto, digits, inception or 64/192/768/2048")
+        if fid["feature"] not in ("auto", "digits", "inception", *INCEPTION_FEATURES) or isinstance(fid["feature"], bool):
+            raise ParameterError("fid.feature", fid["feature"],
+                                 f"it must be auto, digits, inception or one of {', '.join(map(str, INCEPTION_FEATURES))}")
         if fid["inception_path"] is not None and not isinstance(fid["inception_path"], str):
             raise ParameterError("fid.inception_path", fid["inception_path"], "null or the path of a weights file")
 

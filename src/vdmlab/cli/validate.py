@@ -64,10 +64,12 @@ def validate_config(cfg: DictConfig) -> None:
         attempt("model.", lambda: instantiate(cfg.model, data_shape=datamodule.data_shape))
     for group in ("schedule", "weighting", "parameterization"):
         attempt(f"{group}.", lambda group=group: instantiate(cfg[group]))
-    if cfg.sampler.get("schedule"):
-        attempt("sampler.schedule.", lambda: instantiate(cfg.sampler.schedule))
+    schedule = cfg.sampler.get("schedule")
+    if isinstance(schedule, DictConfig):
+        schedule = attempt("sampler.schedule.", lambda: instantiate(cfg.sampler.schedule))
     attempt("sampler.", lambda: check_module_arguments(sampler={
-        "fn": instantiate(cfg.sampler.fn), "steps": cfg.sampler.get("steps"), "clip_x": cfg.sampler.get("clip_x")}))
+        "fn": instantiate(cfg.sampler.fn), "steps": cfg.sampler.get("steps"), "clip_x": cfg.sampler.get("clip_x"),
+        "schedule": schedule}))
     module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
     attempt("module.", lambda: check_module_arguments(**module, fid=_container(cfg.get("fid"))))
     if errors:
