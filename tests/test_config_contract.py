@@ -4,13 +4,12 @@ config's), and start-up validation checks every parameter of every option of eve
 import copy
 import inspect
 import math
-import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import REPO, compose_config
 from hydra._internal.utils import _locate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from vdmlab.cli.validate import ConfigError, validate_config
 from vdmlab.data.base import DiffusionDataModule
@@ -20,13 +19,26 @@ GROUPS = ("dataset", "model", "schedule", "weighting", "parameterization", "samp
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((REPO / "conf" / group).glob("*.yaml"))]
 
 
-def option_config(tmp_path: Path, group: str, option: str) -> DictConfig:
-    """The composed train config with ``group=option`` (an existing, empty image folder where one is needed)."""
-    overrides = [f"{group}={option}"]
-    if (group, option) == ("dataset", "image_folder"):
-        (tmp_path / "images").mkdir(exist_ok=True)
-        overrides.append(f"dataset.root={tmp_path / 'images'}")
-    return compose_config(tmp_path / "run", overrides)
+@pytest.fixture(scope="module")
+def base_config(tmp_path_factory) -> DictConfig:
+    """The default train config, composed once (composition is the slow part of these tests)."""
+    return compose_config(tmp_path_factory.mktemp("contract") / "run")
+
+
+def option_config(base: DictConfig, group: str, option: str, tmp_path: Path) -> DictConfig:
+    """``base`` with conf/<group>/<option>.yaml in place of its group node, as ``group=option`` composes it (the
+    option files are flat; their interpolations resolve against the rest of the config); an existing, empty
+    image folder where one is needed."""
+    cfg = copy.deepcopy(base)
+    with open_dict(cfg):
+        cfg[group] = OmegaConf.load(REPO / "conf" / group / f"{option}.yaml")
+        partner = {("dataset", "toy2d"): ("model", "mlp"), ("model", "mlp"): ("dataset", "toy2d")}.get((group, option))
+        if partner:  # flat data need the MLP and the MLP needs flat data
+            cfg[partner[0]] = OmegaConf.load(REPO / "conf" / partner[0] / f"{partner[1]}.yaml")
+        if (group, option) == ("dataset", "image_folder"):
+            (tmp_path / "images").mkdir(exist_ok=True)
+            cfg.dataset.root = str(tmp_path / "images")
+    return cfg
 
 
 def targets(node: DictConfig, key: str) -> list[tuple[str, DictConfig]]:
@@ -60,8 +72,8 @@ def same(code, config) -> bool:
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_code_defaults_equal_the_config(group, option, tmp_path):
-    cfg = option_config(tmp_path, group, option)
+def test_code_defaults_equal_the_config(group, option, base_config, tmp_path):
+    cfg = option_config(base_config, group, option, tmp_path)
     mismatches = []
     for key, node in targets(cfg[group], group):
         values = OmegaConf.to_container(node, resolve=True)
@@ -71,8 +83,8 @@ def test_code_defaults_equal_the_config(group, option, tmp_path):
     assert not mismatches, "defaults stated twice and disagreeing: " + "; ".join(mismatches)
 
 
-def test_module_defaults_equal_the_config(tmp_path):
-    cfg = compose_config(tmp_path / "run")
+def test_module_defaults_equal_the_config(base_config):
+    cfg = base_config
     values = OmegaConf.to_container(cfg.module, resolve=True)
     for target in (DiffusionModule, check_module_arguments):
         for name, default in code_defaults(target).items():
@@ -113,28 +125,19 @@ def invalid_values(value) -> list:
 
 
 def all_cases() -> list[tuple[str, str | None, str]]:
-    """(group, option, key) for every scalar parameter of every group option, and of train.yaml's module, fid
-    and diffusion nodes (group "train")."""
-    tmp = Path(tempfile.mkdtemp(prefix="vdmlab-options"))
+    """(group, option, key) for every scalar parameter of every group option (read from conf/<group>/*.yaml), and
+    of train.yaml's module, fid and diffusion nodes (group "train")."""
     cases = []
     for group, option in OPTIONS:
-        cases += [(group, option, key) for key in scalar_keys(option_config(tmp, group, option)[group], group)]
-    cfg = compose_config(tmp / "run")
+        node = OmegaConf.load(REPO / "conf" / group / f"{option}.yaml")
+        cases += [(group, option, key) for key in scalar_keys(node, group)]
+    train = OmegaConf.load(REPO / "conf" / "train.yaml")
     for node in ("module", "fid", "diffusion"):
-        cases += [("train", None, key) for key in scalar_keys(cfg[node], node)]
+        cases += [("train", None, key) for key in scalar_keys(train[node], node)]
     return cases
 
 
 CASES = all_cases()
-
-
-@pytest.fixture(scope="module")
-def composed(tmp_path_factory):
-    """Configs composed once per option (composition is the slow part)."""
-    tmp = tmp_path_factory.mktemp("composed")
-    configs = {(g, o): option_config(tmp, g, o) for g, o in OPTIONS}
-    configs[("train", None)] = compose_config(tmp / "run")
-    return configs
 
 
 def expected_key(key: str) -> str:
@@ -143,10 +146,10 @@ def expected_key(key: str) -> str:
 
 
 @pytest.mark.parametrize("group,option,key", CASES, ids=[f"{g}={o}:{k}" for g, o, k in CASES])
-def test_every_parameter_is_validated_before_data_is_read(group, option, key, composed, monkeypatch):
+def test_every_parameter_is_validated_before_data_is_read(group, option, key, base_config, tmp_path, monkeypatch):
     if key in EXEMPT and (key != "dataset.root" or option in ("mnist", "cifar10")):
         pytest.skip(EXEMPT[key])
-    base = composed[(group, option)]
+    base = base_config if group == "train" else option_config(base_config, group, option, tmp_path)
 
     def no_data(self, stage=None):
         raise AssertionError(f"validation read data ({type(self).__name__}.setup)")

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from vdmlab.checks import ParameterError, check_int
+from vdmlab.checks import ParameterError, check_bool, check_float, check_int
 from vdmlab.module import check_module_arguments
 
 #: the DiffusionModule arguments that are built objects or partials, checked when they are built
@@ -31,19 +32,32 @@ class ConfigError(ValueError):
 def _describe(prefix: str, error: BaseException) -> str:
     """``<prefix><name>=<value> is invalid: <reason>`` for a ParameterError anywhere in the exception's chain
     (Hydra wraps constructor errors), else the error's own message under its group."""
-    seen = error
+    seen, innermost = error, error
     while seen is not None:
         if isinstance(seen, ParameterError):
             return seen.message(prefix)
         if isinstance(seen, MissingMandatoryValue):
             key = f"{prefix}{seen.key}" if seen.key else prefix.rstrip(".")
             return f"{key} is missing: set it on the command line, e.g. python train.py {key}=..."
-        seen = seen.__cause__ or seen.__context__
-    return f"{prefix.rstrip('.') or 'config'}: {error}"
+        innermost, seen = seen, seen.__cause__ or seen.__context__
+    return f"{prefix.rstrip('.') or 'config'}: {innermost}"
 
 
 def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _optimizer(node: DictConfig) -> torch.optim.Optimizer:
+    """The optimizer partial built on one dummy parameter (torch checks its own arguments), after checking that its
+    scalar hyperparameters (lr, weight_decay, eps, momentum ...) are what every torch optimizer takes."""
+    for key, value in _container(node).items():
+        if key.startswith("_") or isinstance(value, (list, dict)):
+            continue
+        if isinstance(value, bool):
+            check_bool(key, value)
+        else:
+            check_float(key, value, minimum=0.0)
+    return instantiate(node)(params=[torch.zeros(1, requires_grad=True)])
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -71,6 +85,12 @@ def validate_config(cfg: DictConfig) -> None:
         "fn": instantiate(cfg.sampler.fn), "steps": cfg.sampler.get("steps"), "clip_x": cfg.sampler.get("clip_x"),
         "schedule": schedule}))
     module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
-    attempt("module.", lambda: check_module_arguments(**module, fid=_container(cfg.get("fid"))))
+    attempt("module.", lambda: check_module_arguments(**module))
+    attempt("", lambda: check_module_arguments(fid=_container(cfg.get("fid"))))  # fid.* keys are named in full
+    optimizer = attempt("module.optimizer.", lambda: _optimizer(cfg.module.optimizer))
+    if optimizer is not None and cfg.module.get("lr_scheduler"):
+        attempt("module.lr_scheduler.", lambda: instantiate(cfg.module.lr_scheduler)(optimizer))
+    if cfg.module.get("time_sampler"):
+        attempt("module.time_sampler.", lambda: instantiate(cfg.module.time_sampler))
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
