@@ -70,11 +70,11 @@ def check_float(name: str, value: Any, *, minimum: float | None = None, maximum:
         ok = value < maximum if open_max else value <= maximum
     if not ok:
         if minimum is not None and maximum is not None:
-            bound = f" in {'(' if open_min else '['}{minimum}, {maximum}{')' if open_max else ']'}"
+            bound = f" in {'(' if open_min else '['}{minimum:g}, {maximum:g}{')' if open_max else ']'}"
         elif minimum is not None:
-            bound = f" {'>' if open_min else '>='} {minimum}"
+            bound = f" {'>' if open_min else '>='} {minimum:g}"
         elif maximum is not None:
-            bound = f" {'<' if open_max else '<='} {maximum}"
+            bound = f" {'<' if open_max else '<='} {maximum:g}"
         else:
             bound = ""
         raise ParameterError(name, value, f"{'null or ' if optional else 'it must be '}a finite number{bound}")

@@ -88,7 +88,8 @@ def validate_config(cfg: DictConfig) -> None:
     attempt("module.", lambda: check_module_arguments(**module))
     attempt("", lambda: check_module_arguments(fid=_container(cfg.get("fid"))))  # fid.* keys are named in full
     optimizer = attempt("module.optimizer.", lambda: _optimizer(cfg.module.optimizer))
-    if optimizer is not None and cfg.module.get("lr_scheduler"):
+    if cfg.module.get("lr_scheduler"):  # (on a stand-in optimizer when the configured one is invalid)
+        optimizer = optimizer or torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
         attempt("module.lr_scheduler.", lambda: instantiate(cfg.module.lr_scheduler)(optimizer))
     if cfg.module.get("time_sampler"):
         attempt("module.time_sampler.", lambda: instantiate(cfg.module.time_sampler))
