@@ -7,6 +7,7 @@ arrives already built by Hydra (``_target_``; ``_partial_`` for the optimizer an
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -33,11 +34,18 @@ FID_KEYS = ("every_n_epochs", "num_samples", "feature", "inception_path", "steps
 
 def check_module_arguments(*, timesteps: Any = None, ema_decay: Any = 0.999, ema_warmup: Any = True,
                            eval_num_samples: Any = 1, seed: Any = 0, nonfinite_patience: Any = 20, compile: Any = False,
-                           channels_last: Any = False, sampler: Any = None, fid: Any = None) -> None:
+                           channels_last: Any = False, sampler: Any = None, fid: Any = None, **others: Any) -> None:
     """Check the DiffusionModule's own arguments (``DiffusionModule.__init__`` and start-up validation call it).
 
     Raises ``ParameterError``; sampler and fid keys are named as their config keys (``sampler.steps``, ``fid.*``).
+    A config key this function does not know is an error too, so that a new module argument cannot go unchecked.
     """
+    if others:
+        known = set(inspect.signature(DiffusionModule).parameters)
+        names = tuple(others)
+        raise ParameterError(names, tuple(others.values()),
+                             "unknown DiffusionModule argument" if not known & set(names) else
+                             "a DiffusionModule argument not checked at start-up: add it to check_module_arguments")
     check_int("timesteps", timesteps, 1, optional=True, reason="null (continuous time) or an integer >= 1")
     check_float("ema_decay", ema_decay, minimum=0.0, maximum=1.0, open_max=True)
     check_bool("ema_warmup", ema_warmup)
