@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from vdmlab.cli.validate import ConfigError, validate_config
 from vdmlab.data.base import DiffusionDataModule
-from vdmlab.module import DiffusionModule, check_module_arguments
+from vdmlab.module import DiffusionModule
 
 GROUPS = ("dataset", "model", "schedule", "weighting", "parameterization", "sampler")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((REPO / "conf" / group).glob("*.yaml"))]
@@ -92,11 +92,10 @@ def test_code_defaults_equal_the_config(group, option, base_config, tmp_path):
 def test_module_defaults_equal_the_config(base_config):
     cfg = base_config
     values = OmegaConf.to_container(cfg.module, resolve=True)
-    for target in (DiffusionModule, check_module_arguments):
-        for name, default in code_defaults(target).items():
-            if name in values and not isinstance(values[name], dict):
-                assert same(default, values[name]), f"module.{name}: code {default!r}, config {values[name]!r}"
-    assert code_defaults(check_module_arguments)["seed"] == cfg.seed
+    for name, default in code_defaults(DiffusionModule).items():
+        if name in values and not isinstance(values[name], dict):
+            assert same(default, values[name]), f"module.{name}: code {default!r}, config {values[name]!r}"
+    assert code_defaults(DiffusionModule)["seed"] == cfg.seed
 
 
 # ---------------------------------------------------------------------------------------------- validation

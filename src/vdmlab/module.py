@@ -32,10 +32,15 @@ from vdmlab.optim import EMA
 FID_KEYS = ("every_n_epochs", "num_samples", "feature", "inception_path", "steps", "batch_size")
 
 
-def check_module_arguments(*, timesteps: Any = None, ema_decay: Any = 0.999, ema_warmup: Any = True,
-                           eval_num_samples: Any = 1, seed: Any = 0, nonfinite_patience: Any = 20, compile: Any = False,
-                           channels_last: Any = False, sampler: Any = None, fid: Any = None, **others: Any) -> None:
-    """Check the DiffusionModule's own arguments (``DiffusionModule.__init__`` and start-up validation call it).
+_UNSET: Any = object()  # an argument not given to check_module_arguments (its check is skipped)
+
+
+def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, ema_warmup: Any = _UNSET,
+                           eval_num_samples: Any = _UNSET, seed: Any = _UNSET, nonfinite_patience: Any = _UNSET,
+                           compile: Any = _UNSET, channels_last: Any = _UNSET, sampler: Any = None, fid: Any = None,
+                           **others: Any) -> None:
+    """Check the DiffusionModule's own arguments (``DiffusionModule.__init__`` and start-up validation call it);
+    arguments not given are not checked (this states no defaults: those are the module's, equal to conf/'s).
 
     Raises ``ParameterError``; sampler and fid keys are named as their config keys (``sampler.steps``, ``fid.*``).
     A config key this function does not know is an error too, so that a new module argument cannot go unchecked.
@@ -46,14 +51,21 @@ def check_module_arguments(*, timesteps: Any = None, ema_decay: Any = 0.999, ema
         raise ParameterError(names, tuple(others.values()),
                              "unknown DiffusionModule argument" if not known & set(names) else
                              "a DiffusionModule argument not checked at start-up: add it to check_module_arguments")
-    check_int("timesteps", timesteps, 1, optional=True, reason="null (continuous time) or an integer >= 1")
-    check_float("ema_decay", ema_decay, minimum=0.0, maximum=1.0, open_max=True)
-    check_bool("ema_warmup", ema_warmup)
-    check_int("eval_num_samples", eval_num_samples, 1)
-    check_int("seed", seed)
-    check_int("nonfinite_patience", nonfinite_patience, 1)
-    check_bool("compile", compile)
-    check_bool("channels_last", channels_last)
+    checks = {"timesteps": lambda v: check_int("timesteps", v, 1, optional=True,
+                                               reason="null (continuous time) or an integer >= 1"),
+              "ema_decay": lambda v: check_float("ema_decay", v, minimum=0.0, maximum=1.0, open_max=True),
+              "ema_warmup": lambda v: check_bool("ema_warmup", v),
+              "eval_num_samples": lambda v: check_int("eval_num_samples", v, 1),
+              "seed": lambda v: check_int("seed", v),
+              "nonfinite_patience": lambda v: check_int("nonfinite_patience", v, 1),
+              "compile": lambda v: check_bool("compile", v),
+              "channels_last": lambda v: check_bool("channels_last", v)}
+    given = {"timesteps": timesteps, "ema_decay": ema_decay, "ema_warmup": ema_warmup,
+             "eval_num_samples": eval_num_samples, "seed": seed, "nonfinite_patience": nonfinite_patience,
+             "compile": compile, "channels_last": channels_last}
+    for name, value in given.items():
+        if value is not _UNSET:
+            checks[name](value)
     if sampler is not None:
         if not callable(sampler.get("fn")):
             raise ParameterError("sampler.fn", sampler.get("fn"), "it must be a sampler function (a _partial_ target)")
