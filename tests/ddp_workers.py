@@ -2,7 +2,7 @@
 
 import torch
 
-from vdmlab.diffusion import schedules as S
+from vdmlab.diffusion import learned_schedules as LS
 
 
 def run_ranks(target, world: int, init_file: str) -> list:
@@ -23,9 +23,9 @@ def schedule_statistics(rank: int, world: int, init_file: str, queue) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     gen = torch.Generator().manual_seed(rank)
     logsnr, loss = torch.rand(50, generator=gen, dtype=torch.float64) * 15 - 5, torch.rand(50, generator=gen) + rank
-    adaptive = S.AdaptiveSchedule(-5.0, 10.0, num_bins=10)
+    adaptive = LS.AdaptiveSchedule(-5.0, 10.0, num_bins=10)
     adaptive.update(logsnr, loss)
-    learned = S.LearnedSchedule(-5.0, 10.0, hidden=4)
+    learned = LS.LearnedSchedule(-5.0, 10.0, hidden=4, lr_multiplier=1.0)
     with torch.enable_grad():
         learned(torch.rand(50, generator=gen))
     holder = learned._armed[-1]

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from vdmlab.diffusion.likelihood import decode
-from vdmlab.diffusion.parameterization import Denoiser, posterior_mean_x
-from vdmlab.diffusion.process import alpha_sigma, posterior_variance
+from vdmlab.diffusion.parameterization import Denoiser
+from vdmlab.diffusion.process import alpha_sigma, expand_like, posterior_mean, posterior_variance
 
 Sampler = Callable[..., Tensor]
 
@@ -29,17 +29,13 @@ def _steps(logsnrs: Tensor, batch: int):
         yield logsnr_t.expand(batch), logsnr_s.expand(batch)
 
 
-def _scale(a: Tensor, z: Tensor) -> Tensor:
-    return a.reshape(-1, *([1] * (z.ndim - 1)))
-
-
 @torch.no_grad()
 def ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Ancestral sampling z_s = μθ(z_t; s, t) + σ_Q(s, t)·ε, eqs. (3.103-3.104) in expm1 form (A.21, A.29)."""
     for logsnr_t, logsnr_s in _steps(logsnrs, z.shape[0]):
-        mean = posterior_mean_x(z, denoise(z, logsnr_t).x_hat, logsnr_s, logsnr_t)
+        mean = posterior_mean(z, denoise(z, logsnr_t).x_hat, logsnr_s, logsnr_t)  # μθ: eq. (3.47) with x̂, (3.59)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = mean + _scale(posterior_variance(logsnr_s, logsnr_t).sqrt(), z) * noise
+        z = mean + expand_like(posterior_variance(logsnr_s, logsnr_t).sqrt(), z) * noise
     return z
 
 
@@ -49,7 +45,7 @@ def ddim(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generat
     for logsnr_t, logsnr_s in _steps(logsnrs, z.shape[0]):
         pred = denoise(z, logsnr_t)
         alpha_s, sigma_s = alpha_sigma(logsnr_s)
-        z = _scale(alpha_s, z) * pred.x_hat + _scale(sigma_s, z) * pred.eps_hat
+        z = expand_like(alpha_s, z) * pred.x_hat + expand_like(sigma_s, z) * pred.eps_hat
     return z
 
 
@@ -59,12 +55,12 @@ def heun(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generat
     for logsnr_t, logsnr_s in _steps(logsnrs, z.shape[0]):
         alpha_t, _ = alpha_sigma(logsnr_t)
         alpha_s, _ = alpha_sigma(logsnr_s)
-        d_eta = _scale(torch.exp(-0.5 * logsnr_s) - torch.exp(-0.5 * logsnr_t), z)
-        y_t = z / _scale(alpha_t, z)
+        d_eta = expand_like(torch.exp(-0.5 * logsnr_s) - torch.exp(-0.5 * logsnr_t), z)
+        y_t = z / expand_like(alpha_t, z)
         d_1 = denoise(z, logsnr_t).eps_hat
-        z_euler = _scale(alpha_s, z) * (y_t + d_eta * d_1)
+        z_euler = expand_like(alpha_s, z) * (y_t + d_eta * d_1)
         d_2 = denoise(z_euler, logsnr_s).eps_hat
-        z = _scale(alpha_s, z) * (y_t + d_eta * 0.5 * (d_1 + d_2))
+        z = expand_like(alpha_s, z) * (y_t + d_eta * 0.5 * (d_1 + d_2))
     return z
 
 
