@@ -50,7 +50,7 @@ def test_class_histogram_sums_to_n_and_flags_missing_classes():
 
 
 def test_recorded_digits_features_give_fid_and_the_histogram_of_real_digits():
-    data = DigitsDataModule()
+    data = DigitsDataModule(batch_size=128, eval_batch_size=180, num_workers=0)
     data.setup()
     x = torch.stack([data.test_set[i] for i in range(len(data.test_set))])
     half = len(x) // 2

@@ -86,9 +86,9 @@ def dpmpp_2m(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Gen
         if x_prev is None:
             d = x_hat
         else:
-            half_inv_r = _scale(0.5 * h / h_prev, z)
+            half_inv_r = expand_like(0.5 * h / h_prev, z)
             d = (1.0 + half_inv_r) * x_hat - half_inv_r * x_prev
-        z = _scale(sigma_s / sigma_t, z) * z - _scale(alpha_s * torch.expm1(-h), z) * d
+        z = expand_like(sigma_s / sigma_t, z) * z - expand_like(alpha_s * torch.expm1(-h), z) * d
         x_prev, h_prev = x_hat, h
     return z
 
@@ -110,8 +110,8 @@ def euler_ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: to
         alpha_t, _ = alpha_sigma(logsnr_t)
         alpha_s, _ = alpha_sigma(logsnr_s)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        y = z / _scale(alpha_t, z) + _scale(eta_down - eta_t, z) * eps_hat + _scale(eta_up, z) * noise
-        z = _scale(alpha_s, z) * y
+        y = z / expand_like(alpha_t, z) + expand_like(eta_down - eta_t, z) * eps_hat + expand_like(eta_up, z) * noise
+        z = expand_like(alpha_s, z) * y
     return z
 
 
@@ -129,22 +129,22 @@ def edm(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generato
     gamma_max = min(float(s_churn) / max(len(logsnrs) - 1, 1), math.sqrt(2.0) - 1.0)
     for logsnr_t, logsnr_s in _steps(logsnrs, z.shape[0]):
         alpha_t, _ = alpha_sigma(logsnr_t)
-        y = z / _scale(alpha_t, z)
+        y = z / expand_like(alpha_t, z)
         churn = (logsnr_t >= logsnr_churn_min) & (logsnr_t <= logsnr_churn_max)
         gamma = torch.where(churn, torch.full_like(logsnr_t, gamma_max), torch.zeros_like(logsnr_t))
         eta_t, eta_s = _eta(logsnr_t), _eta(logsnr_s)
         eta_hat = eta_t * (1.0 + gamma)
         if gamma_max > 0:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            y = y + _scale((eta_hat.pow(2) - eta_t.pow(2)).sqrt() * s_noise, z) * noise
+            y = y + expand_like((eta_hat.pow(2) - eta_t.pow(2)).sqrt() * s_noise, z) * noise
         logsnr_hat = logsnr_t - 2.0 * torch.log1p(gamma)
         alpha_hat, _ = alpha_sigma(logsnr_hat)
         alpha_s, _ = alpha_sigma(logsnr_s)
-        d_1 = denoise(_scale(alpha_hat, z) * y, logsnr_hat).eps_hat
-        d_eta = _scale(eta_s - eta_hat, z)
+        d_1 = denoise(expand_like(alpha_hat, z) * y, logsnr_hat).eps_hat
+        d_eta = expand_like(eta_s - eta_hat, z)
         y_euler = y + d_eta * d_1
-        d_2 = denoise(_scale(alpha_s, z) * y_euler, logsnr_s).eps_hat
-        z = _scale(alpha_s, z) * (y + d_eta * 0.5 * (d_1 + d_2))
+        d_2 = denoise(expand_like(alpha_s, z) * y_euler, logsnr_s).eps_hat
+        z = expand_like(alpha_s, z) * (y + d_eta * 0.5 * (d_1 + d_2))
     return z
 
 
