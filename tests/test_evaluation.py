@@ -110,8 +110,8 @@ def test_bits_per_dim_under_ddp_equals_single_process():
         trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                             enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
                             use_distributed_sampler=False)
-        results[devices] = trainer.validate(small_module(), datamodule=SevenValDigits(eval_batch_size=3),
-                                            verbose=False)[0]
+        datamodule = SevenValDigits(batch_size=128, eval_batch_size=3, num_workers=0)
+        results[devices] = trainer.validate(small_module(), datamodule=datamodule, verbose=False)[0]
     assert results[2]["val/bpd"] == pytest.approx(results[1]["val/bpd"], rel=1e-6)
     assert results[2]["val/bpd_se"] == pytest.approx(results[1]["val/bpd_se"], rel=1e-5)
 

@@ -24,7 +24,7 @@ def write_classes(root: Path, per_class: int = 4, size: int = 12) -> None:
 
 def datamodule(root: Path, cache: Path, **kwargs) -> ImageFolderDataModule:
     dm = ImageFolderDataModule(root=str(root), image_size=8, cache_dir=str(cache), val_fraction=0.2, test_fraction=0.2,
-                               batch_size=2, **kwargs)
+                               batch_size=2, eval_batch_size=None, num_workers=0, **kwargs)
     dm.setup()
     return dm
 
@@ -96,7 +96,8 @@ def test_rule_mixed_sizes_non_square_gray_and_odd_sizes(tmp_path):
     Image.fromarray(wide).save(root / "wide.png")
     Image.new("L", (40, 57), 77).save(root / "gray_odd.png")
     Image.new("RGBA", (25, 20), (5, 6, 7, 0)).save(root / "alpha.png")
-    dm = ImageFolderDataModule(root=str(root), image_size=20, channels=3, val_fraction=0, test_fraction=0)
+    dm = ImageFolderDataModule(root=str(root), image_size=20, channels=3, val_fraction=0, test_fraction=0,
+                               cache_dir=None, batch_size=2, eval_batch_size=None, num_workers=0)
     dm.setup()
     levels = {f.name: dm.train_set.levels[i] for i, f in enumerate(dm.train_set.files)}
     assert all(v.shape == (3, 20, 20) for v in levels.values())

@@ -10,7 +10,7 @@ from test_data import write_fake_cifar, write_fake_mnist
 
 from vdmlab.cli.build import build_run
 from vdmlab.cli.train import run
-from vdmlab.cli.validate import ConfigError
+from vdmlab.cli.validate import ConfigError, validate_config
 
 PRESETS = ["vdm_cifar10", "ddpm_cifar10", "vdmpp_cifar10", "mnist"]
 # parameter counts stated by the sources (None: the source states none; the table in docs/presets.md says so)
@@ -75,4 +75,4 @@ def test_preset_with_incompatible_dataset_names_the_fix(dataset, extra, make_con
     cfg = make_config(["experiment=vdm_cifar10", f"dataset={dataset}", "fid=null", *extra])
     with pytest.raises(ConfigError, match=r"experiment=vdm_cifar10 is the recipe for data of shape \[3, 32, 32\].*"
                                           r"drop the dataset override"):
-        build_run(cfg)
+        validate_config(cfg)

@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vdmlab.cli.checkpoints import CheckpointError, load_checkpoint
-from vdmlab.cli.validate import check_preset
 from vdmlab.data.base import DiffusionDataModule
 from vdmlab.module import DiffusionModule
 
@@ -28,8 +27,8 @@ def build_sampler(cfg: DictConfig) -> dict[str, Any]:
     schedule = cfg.sampler.get("schedule")
     return {
         "fn": instantiate(cfg.sampler.fn),
-        "steps": int(cfg.sampler.steps),
-        "clip_x": bool(cfg.sampler.clip_x),
+        "steps": cfg.sampler.steps,  # checked by the module (vdmlab.module.check_module_arguments)
+        "clip_x": cfg.sampler.clip_x,
         "schedule": instantiate(schedule) if schedule else None,
     }
 
@@ -42,7 +41,6 @@ def resolved_config(cfg: DictConfig) -> dict:
 def build_run(cfg: DictConfig) -> Run:
     """Instantiate the datamodule (no data is read yet) and a DiffusionModule sized for it."""
     datamodule = instantiate(cfg.dataset)
-    check_preset(cfg, datamodule.data_shape, datamodule.num_levels)
     net = instantiate(cfg.model, data_shape=datamodule.data_shape)
     module = instantiate(
         cfg.module,

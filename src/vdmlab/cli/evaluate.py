@@ -1,4 +1,5 @@
-"""``python eval.py ckpt_path=...``: bits/dim (full ELBO) and FID of a checkpoint's EMA weights on a split."""
+"""``python eval.py ckpt_path=...``: bits/dim (full ELBO and/or the probability-flow ODE), FID, KID,
+precision/recall and the class histogram of a checkpoint's EMA weights on a split."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -17,9 +19,12 @@ from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
 from vdmlab.loggers import capture_warnings, finish_loggers
 from vdmlab.metrics.bpd import evaluate_bpd
-from vdmlab.metrics.fid import FIDMetric, fid_feature, split_fid
+from vdmlab.metrics.fid import FIDMetric, build_extractor, fid_feature, split_fid
+from vdmlab.metrics.ode_bpd import evaluate_ode_bpd
+from vdmlab.metrics.sample_metrics import RecordingExtractor, sample_metrics
 
 SPLITS = ("train", "val", "test")
+LIKELIHOODS = ("elbo", "ode")
 log = logging.getLogger("vdmlab")
 
 
@@ -33,15 +38,53 @@ def split_loader(datamodule, split: str) -> DataLoader:
 
 
 def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.device) -> dict[str, float]:
-    """FID of ``cfg.num_samples`` EMA samples against every image of the split (cached statistics), with the
-    real-vs-real floor and ``cfg.repeats`` sample seeds."""
+    """FID of ``cfg.num_samples`` EMA samples against every image of the split over ``cfg.repeats`` sample seeds,
+    the real-vs-real floor (cached under ``cfg.stats_dir``), and KID, precision/recall (and the digits' class
+    histogram) of the first repeat's samples from the same features."""
     feature = fid_feature(cfg.feature, module.data_shape, module.num_levels)
-    metric = FIDMetric(feature, cfg.inception_path, reset_real_features=False).to(device)
+    recorder = RecordingExtractor(build_extractor(feature, cfg.inception_path))  # keeps the features for KID & co.
+    metric = FIDMetric(recorder, reset_real_features=False).to(device)
+    # KID and precision/recall need the real features themselves, not the cached sums: extract them (one pass)
+    metric.update_from_dataset(getattr(datamodule, f"{split}_set"), real=True, batch_size=int(cfg.batch_size))
+    real, fake = recorder.take(), []
+
+    def fake_fid(repeat: int) -> dict[str, float]:
+        values = module.compute_fid(metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat)
+        fake.append(recorder.take())  # this repeat's sample features
+        return values
+
     start = time.time()
-    values = split_fid(metric, datamodule, split,
-                       lambda r: module.compute_fid(metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=r),
-                       cfg.stats_dir, int(cfg.repeats), bool(cfg.floor), int(cfg.batch_size), int(module.seed))
-    return {**values, "fid_seconds": time.time() - start}
+    values = split_fid(metric, datamodule, split, fake_fid, cfg.stats_dir, int(cfg.repeats), bool(cfg.floor),
+                       int(cfg.batch_size), int(module.seed))
+    seconds = time.time() - start
+    recorder.take()  # the floor's train images
+    extra = sample_metrics(real, fake[0], recorder.extractor, k=int(cfg.pr_k), kid_blocks=int(cfg.kid_blocks), seed=0)
+    return {**values, "fid_seconds": seconds, **extra}
+
+
+def likelihood_choice(cfg: DictConfig) -> tuple[str, ...]:
+    """The NLLs asked for by ``likelihood=[elbo,ode]``, checked."""
+    chosen = cfg.get("likelihood", ["elbo"])
+    chosen = (chosen,) if isinstance(chosen, str) else tuple(chosen or ())
+    unknown = [c for c in chosen if c not in LIKELIHOODS]
+    if unknown:
+        raise ValueError(f"likelihood={list(chosen)} names {unknown}: choose from {list(LIKELIHOODS)}, "
+                         f"e.g. likelihood=[elbo,ode]")
+    return chosen
+
+
+def evaluate_ode(module, dataset, cfg: DictConfig, batch_size: int, device: torch.device, seed: int) -> dict:
+    """ODE bits/dim bounds (and their time) on the first ``cfg.num_examples`` examples of ``dataset``."""
+    if cfg.num_examples is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(int(cfg.num_examples), len(dataset))))
+    loader = DataLoader(UniqueIndexDataset(dataset), batch_size=int(cfg.batch_size or batch_size), shuffle=False)
+    result = evaluate_ode_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
+                              solver=instantiate(cfg.solver), divergence=instantiate(cfg.divergence),
+                              dequantization=instantiate(cfg.dequantization), num_draws=int(cfg.num_draws),
+                              device=device, seed=seed)
+    result["ode_n"] = result.pop("n")
+    result["ode_seconds"] = result.pop("seconds")
+    return result
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -55,10 +98,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = split_loader(built.datamodule, cfg.split)
-    bpd = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
-                       num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
-                       device=device, seed=int(cfg.seed))
-    metrics = {f"{cfg.split}/{k}": float(v) for k, v in bpd.items()}
+    likelihoods = likelihood_choice(cfg)
+    metrics = {}
+    if "elbo" in likelihoods:
+        bpd = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
+                           num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
+                           device=device, seed=int(cfg.seed))
+        metrics.update({f"{cfg.split}/{k}": float(v) for k, v in bpd.items()})
+    if "ode" in likelihoods:
+        ode = evaluate_ode(module, loader.dataset.dataset, cfg.ode, loader.batch_size, device, int(cfg.seed))
+        metrics.update({f"{cfg.split}/{k}": float(v) for k, v in ode.items()})
     if cfg.get("fid"):
         fid = evaluate_fid(module, built.datamodule, cfg.split, cfg.fid, device)
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in fid.items()})

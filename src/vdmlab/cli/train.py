@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 from vdmlab.cli.build import build_run, resolved_config
 from vdmlab.cli.checkpoints import load_checkpoint, resolve_ckpt_path
 from vdmlab.cli.common import format_table
+from vdmlab.cli.rerun import continue_previous_job, record_job_end, record_job_start, set_threads
 from vdmlab.cli.validate import validate_config
 from vdmlab.loggers import capture_warnings, finish_loggers
 
@@ -65,6 +66,11 @@ def run(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; logs the final metrics table and returns val/bpd for sweepers."""
     capture_warnings()
     validate_config(cfg)
+    set_threads(cfg.get("threads", "auto"))
+    finished = continue_previous_job(cfg) if cfg.get("train", True) else None
+    if finished is not None:
+        return finished.get("val/bpd")
+    record_job_start(cfg)
     ckpt_path = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
     if ckpt_path:
         continue_in_run_dir(cfg, ckpt_path)
@@ -98,5 +104,6 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         metrics["time/minutes"] = (time.time() - start) / 60
         metrics["train/steps"] = trainer.global_step
+        record_job_end(cfg, metrics)
         log.info("Finished %s in %s\n%s", cfg.task_name, output_dir, format_table(dict(sorted(metrics.items()))))
     return metrics.get("val/bpd")

@@ -24,7 +24,7 @@ generate ``len(shard_indices(n_fake))`` samples per rank, so that the ranks toge
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from vdmlab.cache import atomic_save, load_checked
+from vdmlab.checks import ParameterError
+from vdmlab.distributed import rank_and_world
 from vdmlab.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -140,6 +142,14 @@ def fid_feature(feature: str | int | nn.Module, data_shape: tuple[int, ...], num
     return "digits" if (tuple(data_shape), int(num_levels)) == ((1, 8, 8), 17) else 2048
 
 
+def check_inception_path(feature: str | int | nn.Module, inception_path: str | os.PathLike | None) -> None:
+    """A given ``fid.inception_path`` must be a file when ``feature`` (resolved, not ``auto``) is Inception's."""
+    if inception_path is None or isinstance(feature, nn.Module) or feature == "digits":
+        return
+    if not Path(str(inception_path)).expanduser().is_file():
+        raise ParameterError("fid.inception_path", str(inception_path), f"it is not a file: {_weights_help()}")
+
+
 def build_extractor(feature: str | int | nn.Module = "digits", inception_path: str | os.PathLike | None = None) -> nn.Module:
     """The FID feature extractor named by ``feature``: "digits", "inception", 64/192/768/2048, or a module as is."""
     if isinstance(feature, nn.Module):
@@ -175,10 +185,18 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     Defaults to the current torch.distributed rank and world size (0 and 1 when not distributed).
     """
     if rank is None or world_size is None:
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank = torch.distributed.get_rank() if dist else 0
-        world_size = torch.distributed.get_world_size() if dist else 1
+        rank, world_size = rank_and_world()
     return range(rank, n, world_size)
+
+
+def sample_fid(metric: FIDMetric, sample: Callable[[int], Tensor], num_samples: int, batch_size: int) -> dict[str, float]:
+    """Feed this rank's share of ``num_samples`` fresh samples (``sample(n)`` → n images in [-1, 1]) to ``metric``
+    in batches of at most ``batch_size`` and compute FID against its real statistics (collective under DDP)."""
+    metric.reset()  # keeps the real statistics when the metric was built with reset_real_features=False
+    share = len(shard_indices(num_samples))
+    for start in range(0, share, batch_size):
+        metric.update(sample(min(batch_size, share - start)), real=False)
+    return metric.compute_dict()
 
 
 class FIDMetric(FrechetInceptionDistance):
@@ -294,7 +312,10 @@ STATS_VERSION = 1
 
 
 def extractor_id(extractor: nn.Module) -> str:
-    """A name of the feature extractor for cache keys: ``digits64``, ``inception2048``, ... or the class name."""
+    """A name of the feature extractor for cache keys: ``digits64``, ``inception2048``, ... or the class name.
+
+    A wrapper that keeps its features (``sample_metrics.RecordingExtractor``) is named by the extractor it wraps."""
+    extractor = getattr(extractor, "extractor", extractor)
     if isinstance(extractor, DigitsFeatures):
         return f"digits{extractor.num_features}"
     if isinstance(extractor, InceptionFeatures):
@@ -352,11 +373,6 @@ def save_stats(path: Path, key: str, feature_sum: Tensor, cov_sum: Tensor, n: in
                  "cov_sum": cov_sum.double().cpu(), "n": int(n), **extra}, path)
 
 
-def _world() -> tuple[int, int]:
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-
-
 def fill_real_statistics(metric: FIDMetric, dataset: Sequence, cache_dir: str | os.PathLike | None, key: str,
                          batch_size: int = 256) -> str:
     """Set the metric's real statistics from ``<cache_dir>/<key>.pt`` or compute (and cache) them: "cached"/"computed".
@@ -364,7 +380,7 @@ def fill_real_statistics(metric: FIDMetric, dataset: Sequence, cache_dir: str | 
     Under DDP a cached file is loaded on rank 0 only (the ranks' sums are added by ``compute_dict``); statistics
     computed on several ranks are not written (each rank holds only its shard).
     """
-    rank, world = _world()
+    rank, world = rank_and_world()
     path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
     stats = load_stats(path, key) if path is not None else None
     metric.real_features_sum = torch.zeros_like(metric.real_features_sum)
@@ -395,7 +411,7 @@ def real_floor(metric: FIDMetric, other: Sequence, n: int, cache_dir: str | os.P
         probe.update_from_dataset([other[i] for i in order], real=False, batch_size=batch_size)
         with probe.sync_context():
             fake = (probe.fake_features_sum.clone(), probe.fake_features_cov_sum.clone(), int(probe.fake_features_num_samples))
-        if path is not None and _world()[0] == 0:
+        if path is not None and rank_and_world()[0] == 0:
             save_stats(path, f"{key}-floor{n}-seed{seed}", *fake)
     else:
         fake = (stats["feature_sum"], stats["cov_sum"], int(stats["n"]))
