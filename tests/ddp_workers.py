@@ -38,6 +38,7 @@ def ode_bpd_shard(rank: int, world: int, init_file: str, queue) -> None:
     """Each rank evaluates the ODE bits/dim of its unpadded shard of 7 examples; the metric gathers all ranks."""
     from vdmlab.diffusion import ode_likelihood as OL
     from vdmlab.diffusion import parameterization as PZ
+    from vdmlab.diffusion import schedules as S
     from vdmlab.metrics.fid import shard_indices
     from vdmlab.metrics.ode_bpd import evaluate_ode_bpd
 
@@ -49,7 +50,7 @@ def ode_bpd_shard(rank: int, world: int, init_file: str, queue) -> None:
                               solver=OL.HeunSolver(6), divergence=OL.HutchinsonDivergence(2),
                               dequantization=OL.UniformDequantization(), num_draws=2, seed=3)
     try:  # an adaptive solver would make different numbers of calls on the ranks: refused
-        OL.Dopri5Solver()(None, (x, x), S.CosineSchedule())
+        OL.Dopri5Solver()(None, (x, x), S.CosineSchedule(-8.0, 8.0))
         refusal = ""
     except RuntimeError as err:
         refusal = str(err)
