@@ -71,7 +71,7 @@ def test_inception_loads_a_local_weights_file_and_gives_2048_features(random_inc
 
 @pytest.fixture
 def digits():
-    dm = DigitsDataModule()
+    dm = DigitsDataModule(batch_size=32, eval_batch_size=None, num_workers=0)
     dm.setup()
     return dm
 
