@@ -41,7 +41,8 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "time/minutes": "wall-clock time of training and testing",
     "train/steps": "optimizer steps taken",
 }
-FOLDED = ("fid_n", "fid_n_real")  # shown inside the FID row: (FID@N, against M real images)
+#: rows shown inside another row (the row they belong to): the FID rows carry their sample counts, FID@N
+FOLDED = {"fid_n": "fid", "fid_n_real": "fid", "fid_std": "fid", "fid_repeats": "fid", "fid_floor_n": "fid_floor"}
 
 
 def describe(key: str) -> str:
@@ -49,27 +50,41 @@ def describe(key: str) -> str:
     return METRIC_DESCRIPTIONS.get(key) or METRIC_DESCRIPTIONS.get(key.rsplit("/", 1)[-1], "")
 
 
-def fid_scale(rows: dict[str, float | int | str], stage: str) -> str:
-    """``(FID@N)`` or ``(FID@N vs M real)`` for the FID row of ``stage``; empty when the count was not logged."""
+def fid_scale(rows: dict[str, float | int | str], stage: str, name: str = "fid") -> str:
+    """``(FID@N)``, ``(FID@N vs M real)`` or, over several sample seeds, ``(FID@N vs M real, mean of R seeds)`` for
+    the FID row of ``stage``; ``(FID@N)`` for its real-vs-real floor (``name="fid_floor"``); empty when the count was
+    not logged."""
+    if name == "fid_floor":
+        n = rows.get(f"{stage}/fid_floor_n")
+        return f"(FID@{int(n)})" if n is not None else ""
     n, n_real = rows.get(f"{stage}/fid_n"), rows.get(f"{stage}/fid_n_real")
     if n is None:
         return ""
-    return f"(FID@{int(n)} vs {int(n_real)} real)" if n_real is not None else f"(FID@{int(n)})"
+    repeats = rows.get(f"{stage}/fid_repeats")
+    seeds = f", mean of {int(repeats)} seeds" if repeats is not None and int(repeats) > 1 else ""
+    return f"(FID@{int(n)} vs {int(n_real)} real{seeds})" if n_real is not None else f"(FID@{int(n)}{seeds})"
+
+
+def _number(value: float | int | str) -> str:
+    """4 decimals; small values (a learning rate) in scientific notation."""
+    if isinstance(value, float):
+        return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
+    return str(value)
 
 
 def format_table(rows: dict[str, float | int | str]) -> str:
-    """A terminal table of metric, value and description; each FID row carries its sample count (FID@N), which
-    is not printed as a row of its own."""
+    """A terminal table of metric, value and description; each FID row carries its sample count (FID@N) and, over
+    several sample seeds, its spread (± fid_std), which are not printed as rows of their own; so does the floor."""
     shown: list[tuple[str, str, str]] = []
     for key, value in rows.items():
         stage, _, name = key.rpartition("/")
-        if name in FOLDED and f"{stage}/fid" in rows:
+        if name in FOLDED and f"{stage}/{FOLDED[name]}" in rows:
             continue
-        text = str(value)
-        if isinstance(value, float):  # 4 decimals; small values (a learning rate) in scientific notation
-            text = f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
-        if name == "fid":
-            text = f"{text}  {fid_scale(rows, stage)}".rstrip()
+        text = _number(value)
+        if name == "fid" and f"{stage}/fid_std" in rows and int(rows.get(f"{stage}/fid_repeats", 1)) > 1:
+            text = f"{text} ± {_number(float(rows[f'{stage}/fid_std']))}"
+        if name in ("fid", "fid_floor"):
+            text = f"{text}  {fid_scale(rows, stage, name)}".rstrip()
         shown.append((key, text, describe(key)))
     width = max((len(k) for k, _, _ in shown), default=6)
     value_width = max((len(v) for _, v, _ in shown), default=5)
