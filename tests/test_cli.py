@@ -65,13 +65,16 @@ def test_short_fit_saves_without_a_weights_only_notice_and_debug_profile_writes_
     handler = logging.Handler()
     handler.emit = records.append
     lightning = logging.getLogger("lightning.pytorch")
+    level = lightning.level  # other tests in this process may have raised it: Lightning's info lines must pass
     lightning.addHandler(handler)
+    lightning.setLevel(logging.INFO)
     try:
         cfg = make_config(["debug=profile", "trainer.max_steps=2", "trainer.limit_val_batches=1",
                            "trainer.limit_test_batches=1", "sampler.steps=4", "model.width=16"])
         run(cfg)
     finally:
         lightning.removeHandler(handler)
+        lightning.setLevel(level)
     out = Path(cfg.paths.output_dir)
     assert records  # Lightning's info lines reached the handler (so the check below can fail)
     assert not [r for r in records if "weights_only" in r.getMessage()]

@@ -16,6 +16,7 @@ MU = torch.tensor([0.5, -0.3], dtype=torch.float64)
 STD = 0.4
 N = 4000
 DENOISE = PZ.EpsParameterization().denoiser(GaussianOracle(MU, STD))
+NO_WINDOW = {"s_noise": 1.0, "logsnr_churn_min": -math.inf, "logsnr_churn_max": math.inf}  # churn at every step
 
 
 def exact_ode_solution(z_1, logsnr_1, logsnr_0):
@@ -26,7 +27,7 @@ def exact_ode_solution(z_1, logsnr_1, logsnr_0):
 
 
 @pytest.mark.parametrize("sampler,steps", [(sampling.dpmpp_2m, 50), (sampling.euler_ancestral, 200),
-                                           (partial(sampling.edm, s_churn=10.0, s_noise=1.0), 40)],
+                                           (partial(sampling.edm, s_churn=10.0, **NO_WINDOW), 40)],
                          ids=["dpmpp_2m", "euler_ancestral", "edm"])
 def test_new_samplers_with_oracle_reproduce_data_mean_and_variance(sampler, steps):
     g = torch.Generator().manual_seed(0)
@@ -54,11 +55,11 @@ def test_dpmpp_2m_is_closer_to_the_exact_ode_than_ddim_at_few_steps():
 def test_edm_without_churn_is_the_deterministic_heun_solve():
     logsnrs = S.logsnr_grid(S.EDMSchedule(-10.0, 10.0), 15).double()
     z = torch.randn(32, 2, dtype=torch.float64)
-    torch.testing.assert_close(sampling.edm(DENOISE, z, logsnrs, s_churn=0.0), sampling.heun(DENOISE, z, logsnrs))
-    churned = sampling.edm(DENOISE, z, logsnrs, s_churn=20.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sampling.edm(DENOISE, z, logsnrs, s_churn=0.0, **NO_WINDOW), sampling.heun(DENOISE, z, logsnrs))
+    churned = sampling.edm(DENOISE, z, logsnrs, s_churn=20.0, generator=torch.Generator().manual_seed(0), **NO_WINDOW)
     assert not torch.allclose(churned, sampling.heun(DENOISE, z, logsnrs))
     # churn restricted to a λ window that the grid never visits changes nothing
-    quiet = sampling.edm(DENOISE, z, logsnrs, s_churn=20.0, logsnr_churn_min=50.0, logsnr_churn_max=60.0)
+    quiet = sampling.edm(DENOISE, z, logsnrs, s_churn=20.0, s_noise=1.0, logsnr_churn_min=50.0, logsnr_churn_max=60.0)
     torch.testing.assert_close(quiet, sampling.heun(DENOISE, z, logsnrs))
 
 
@@ -78,7 +79,7 @@ def test_euler_ancestral_with_eta_zero_is_ddim():
     torch.testing.assert_close(sampling.euler_ancestral(DENOISE, z, logsnrs, eta=0.0), sampling.ddim(DENOISE, z, logsnrs))
 
 
-@pytest.mark.parametrize("fn", [sampling.dpmpp_2m, sampling.euler_ancestral, partial(sampling.edm, s_churn=40.0)],
+@pytest.mark.parametrize("fn", [sampling.dpmpp_2m, sampling.euler_ancestral, partial(sampling.edm, s_churn=40.0, **NO_WINDOW)],
                          ids=["dpmpp_2m", "euler_ancestral", "edm"])
 def test_new_samplers_are_finite_in_float32_at_extreme_logsnr(fn):
     denoise = PZ.EpsParameterization().denoiser(GaussianOracle(torch.zeros(4), 0.5), clip_x=True)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from vdmlab.checks import ParameterError, check_bool, check_float, check_int
+from vdmlab.diffusion.sampling import checked_sampler
 from vdmlab.module import check_module_arguments
 
 #: the DiffusionModule arguments that are built objects or partials, checked when they are built
@@ -83,8 +84,8 @@ def validate_config(cfg: DictConfig) -> None:
     if isinstance(schedule, DictConfig):
         schedule = attempt("sampler.schedule.", lambda: instantiate(cfg.sampler.schedule))
     attempt("sampler.", lambda: check_module_arguments(sampler={
-        "fn": instantiate(cfg.sampler.fn), "steps": cfg.sampler.get("steps"), "clip_x": cfg.sampler.get("clip_x"),
-        "schedule": schedule}))
+        "fn": checked_sampler(instantiate(cfg.sampler.fn)), "steps": cfg.sampler.get("steps"),
+        "clip_x": cfg.sampler.get("clip_x"), "schedule": schedule}))
     module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
     attempt("module.", lambda: check_module_arguments(**module))
     attempt("", lambda: check_module_arguments(  # fid.* keys are named in full

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from vdmlab.checks import check_float
 from vdmlab.diffusion.likelihood import decode
 from vdmlab.diffusion.parameterization import Denoiser
 from vdmlab.diffusion.process import alpha_sigma, expand_like, posterior_mean, posterior_variance
@@ -116,9 +117,8 @@ def euler_ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: to
 
 
 @torch.no_grad()
-def edm(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None,
-        s_churn: float = 0.0, s_noise: float = 1.0, logsnr_churn_min: float = -math.inf,
-        logsnr_churn_max: float = math.inf) -> Tensor:
+def edm(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None, *,
+        s_churn: float, s_noise: float, logsnr_churn_min: float, logsnr_churn_max: float) -> Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, Alg. 2) in y = z/α with EDM's σ = η = e^{-λ/2}.
 
     At each step with λ_t in [``logsnr_churn_min``, ``logsnr_churn_max``] (EDM's S_tmax, S_tmin as
@@ -150,6 +150,25 @@ def edm(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generato
 
 #: Network calls per step of each sampler (for NFE budgets): Heun-type steps call the network twice.
 CALLS_PER_STEP = {"ancestral": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "euler_ancestral": 1, "edm": 2}
+
+
+
+# the rule for every sampler option a config can bind (conf/sampler/<name>.yaml, ``fn.<option>``)
+SAMPLER_OPTIONS: dict[str, Callable] = {
+    "eta": lambda key, v: check_float(key, v, minimum=0.0, maximum=1.0),
+    "s_churn": lambda key, v: check_float(key, v, minimum=0.0),
+    "s_noise": lambda key, v: check_float(key, v, minimum=0.0, open_min=True),
+    "logsnr_churn_min": lambda key, v: check_float(key, v),
+    "logsnr_churn_max": lambda key, v: check_float(key, v),
+}
+
+
+def checked_sampler(fn: Sampler) -> Sampler:
+    """``fn`` after checking the options its config bound (a ``functools.partial`` from Hydra's ``_partial_``)."""
+    for name, value in getattr(fn, "keywords", {}).items():
+        if name in SAMPLER_OPTIONS:
+            SAMPLER_OPTIONS[name](f"sampler.fn.{name}", value)
+    return fn
 
 
 @torch.no_grad()
