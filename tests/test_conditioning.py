@@ -1,0 +1,154 @@
+"""Class conditioning and classifier-free guidance: the ``cond`` seam reaches the network on every path (loss,
+ELBO, every sampler, every parameterization), guidance is the formula (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) in ε space,
+labelled data, networks, a real conditional fit on the digits, DDP, checkpoints and the bad inputs."""
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from vdmlab.diffusion import likelihood, losses, sampling
+from vdmlab.diffusion import parameterization as PZ
+from vdmlab.diffusion import schedules as S
+from vdmlab.diffusion.weighting import ELBOWeighting
+
+PARAMS = [PZ.XParameterization(), PZ.EpsParameterization(), PZ.ScoreParameterization(),
+          PZ.EnergyParameterization(), PZ.VParameterization(), PZ.FlowParameterization()]
+NUM_CLASSES, D, B = 3, 4, 6
+
+
+def samplers():
+    """Every sampler of ``vdmlab.diffusion.sampling``: its public functions with the sampler signature."""
+    found = []
+    for name, fn in inspect.getmembers(sampling, inspect.isfunction):
+        params = list(inspect.signature(fn).parameters)
+        if fn.__module__ == sampling.__name__ and not name.startswith("_") and params[:3] == ["denoise", "z", "logsnrs"]:
+            found.append(fn)
+    return found
+
+
+class RecordingNet(nn.Module):
+    """A smooth λ- and label-dependent net that records the ``cond`` of every call (None when called with two args)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, dim: int = D):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.weight = nn.Parameter(0.3 * torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+        self.table = nn.Parameter(torch.randn(num_classes + 1, dim, generator=gen, dtype=torch.float64))
+        self.num_classes = num_classes
+        self.seen: list = []
+
+    def forward(self, z, logsnr, *cond):
+        self.seen.append(cond[0] if cond else None)
+        labels = cond[0] if cond else torch.full((z.shape[0],), self.num_classes)
+        gate = torch.sigmoid(torch.as_tensor(logsnr, dtype=z.dtype)).reshape(-1, 1)
+        return torch.tanh(z @ self.weight) * gate + self.table[labels] * (1 - gate)
+
+
+def draw(dtype=torch.float64):
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(B, D, generator=gen, dtype=dtype)
+    logsnr = torch.linspace(-6, 8, B, dtype=dtype)
+    labels = torch.arange(B) % NUM_CLASSES
+    return z, logsnr, labels
+
+
+def null(labels):
+    return torch.full_like(labels, NUM_CLASSES)
+
+
+def assert_all_cond(seen, expected):
+    assert seen, "the network was never called"
+    for cond in seen:
+        assert cond is not None and torch.equal(cond, expected)
+
+
+# ------------------------------------------------------------------ the seam
+@pytest.mark.parametrize("param", PARAMS, ids=lambda p: p.name)
+def test_every_parameterization_passes_cond_to_the_network(param):
+    net, (z, logsnr, labels) = RecordingNet(), draw()
+    param.predict(net, z, logsnr, cond=labels)
+    assert_all_cond(net.seen, labels)
+    net.seen.clear()
+    param.predict(net, z, logsnr)  # unconditional: called as net(z, logsnr), exactly as before
+    assert net.seen == [None]
+
+
+@pytest.mark.parametrize("param", PARAMS, ids=lambda p: p.name)
+def test_the_loss_and_the_elbo_pass_cond_to_the_network(param):
+    net, (x, _, labels) = RecordingNet(), draw()
+    schedule = S.LinearSchedule(-5.0, 10.0).double()
+    gen = torch.Generator().manual_seed(2)
+    t, eps = torch.rand(B, generator=gen, dtype=torch.float64), torch.randn(B, D, generator=gen, dtype=torch.float64)
+    losses.diffusion_loss(x, t, eps, net=net, schedule=schedule, weighting=ELBOWeighting(), parameterization=param,
+                          cond=labels)
+    assert_all_cond(net.seen, labels)
+    net.seen.clear()
+    likelihood.negative_elbo(x.clamp(-1, 1), net=net, schedule=schedule, parameterization=param, num_levels=17,
+                             num_samples=2, generator=gen, cond=labels)
+    assert_all_cond(net.seen, labels)
+
+
+@pytest.mark.parametrize("fn", samplers(), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("param", PARAMS, ids=lambda p: p.name)
+def test_every_sampler_passes_cond_to_the_network(fn, param):
+    net, (z, _, labels) = RecordingNet(), draw()
+    logsnrs = torch.linspace(-5.0, 10.0, 4, dtype=torch.float64)
+    out = fn(param.denoiser(net, clip_x=True, cond=labels), z, logsnrs, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all()
+    assert_all_cond(net.seen, labels)
+    net.seen.clear()  # guided: one batched call on [c, ∅]
+    fn(param.denoiser(net, cond=labels, guidance=2.0, null_cond=null(labels)), z, logsnrs,
+       generator=torch.Generator().manual_seed(0))
+    assert_all_cond(net.seen, torch.cat([labels, null(labels)]))
+
+
+def test_samplers_are_found():
+    assert {"ancestral", "ddim", "heun"} <= {f.__name__ for f in samplers()}
+
+
+# ------------------------------------------------------------------ guidance
+@pytest.mark.parametrize("w", [0.5, 2.0])
+@pytest.mark.parametrize("param", PARAMS, ids=lambda p: p.name)
+def test_guidance_is_the_formula_in_eps_space(param, w):
+    net, (z, logsnr, labels) = RecordingNet(), draw()
+    pred = param.denoiser(net, cond=labels, guidance=w, null_cond=null(labels))(z, logsnr)
+    eps_c = param.predict(net, z, logsnr, cond=labels).eps_hat
+    eps_u = param.predict(net, z, logsnr, cond=null(labels)).eps_hat
+    expected = (1 + w) * eps_c - w * eps_u
+    torch.testing.assert_close(pred.eps_hat, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pred.x_hat, PZ.x_from_eps(expected, z, logsnr), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(eps_c, eps_u)  # the labels matter, so the test can fail
+
+
+@pytest.mark.parametrize("param", PARAMS, ids=lambda p: p.name)
+def test_guidance_zero_is_the_conditional_model_and_clipping_applies_after_guidance(param):
+    net, (z, logsnr, labels) = RecordingNet(), draw()
+    plain = param.predict(net, z, logsnr, cond=labels)
+    zero = param.denoiser(net, cond=labels, guidance=0.0, null_cond=null(labels))(z, logsnr)
+    torch.testing.assert_close(zero.eps_hat, plain.eps_hat)
+    clipped = param.denoiser(net, clip_x=True, cond=labels, guidance=4.0, null_cond=null(labels))(z, logsnr)
+    assert clipped.x_hat.abs().max() <= 1.0
+    torch.testing.assert_close(clipped.eps_hat, PZ.eps_from_x(clipped.x_hat, z, logsnr))
+
+
+def test_guidance_interval_guides_only_inside_the_logsnr_range():
+    param, net, (z, logsnr, labels) = PZ.EpsParameterization(), RecordingNet(), draw()
+    denoise = param.denoiser(net, cond=labels, guidance=3.0, null_cond=null(labels),
+                             guidance_logsnr_min=-1.0, guidance_logsnr_max=4.0)
+    pred = denoise(z, logsnr)
+    eps_c = param.predict(net, z, logsnr, cond=labels).eps_hat
+    eps_u = param.predict(net, z, logsnr, cond=null(labels)).eps_hat
+    inside = (logsnr >= -1.0) & (logsnr <= 4.0)
+    assert inside.any() and (~inside).any()
+    torch.testing.assert_close(pred.eps_hat[inside], (4 * eps_c - 3 * eps_u)[inside])
+    torch.testing.assert_close(pred.eps_hat[~inside], eps_c[~inside])
+    net.seen.clear()
+    denoise(z, torch.full_like(logsnr, 9.0))  # entirely outside: one unguided call
+    assert len(net.seen) == 1 and torch.equal(net.seen[0], labels)
+
+
+def test_guidance_without_labels_is_a_clear_error():
+    with pytest.raises(ValueError, match="dataset.conditional=true"):
+        PZ.EpsParameterization().denoiser(RecordingNet(), guidance=2.0)
