@@ -8,10 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from vdmlab.cli.build import build_run
+from vdmlab.data import DiffusionDataModule, DigitsDataModule, LevelDataset
+from vdmlab.data.base import split_batch
 from vdmlab.diffusion import likelihood, losses, sampling
 from vdmlab.diffusion import parameterization as PZ
 from vdmlab.diffusion import schedules as S
 from vdmlab.diffusion.weighting import ELBOWeighting
+from vdmlab.models import MLP, UNet
 
 PARAMS = [PZ.XParameterization(), PZ.EpsParameterization(), PZ.ScoreParameterization(),
           PZ.EnergyParameterization(), PZ.VParameterization(), PZ.FlowParameterization()]
@@ -152,3 +156,82 @@ def test_guidance_interval_guides_only_inside_the_logsnr_range():
 def test_guidance_without_labels_is_a_clear_error():
     with pytest.raises(ValueError, match="dataset.conditional=true"):
         PZ.EpsParameterization().denoiser(RecordingNet(), guidance=2.0)
+
+
+# ------------------------------------------------------------------ labelled data
+def test_split_batch_takes_every_batch_form():
+    index, x, y = torch.arange(3), torch.zeros(3, 2), torch.tensor([1, 0, 2])
+    for batch, expected in ((x, (None, x, None)), ((x, y), (None, x, y)), ((index, x), (index, x, None)),
+                            ((index, x, y), (index, x, y))):
+        assert all(a is b for a, b in zip(split_batch(batch), expected))
+
+
+def test_digits_yield_labels_only_when_asked():
+    plain = DigitsDataModule(batch_size=16, eval_batch_size=50)
+    assert plain.num_classes is None
+    assert isinstance(next(iter(plain.train_dataloader())), torch.Tensor)  # unchanged forms: x and (index, x)
+    plain_index, plain_x = next(iter(plain.val_dataloader()))
+    cond = DigitsDataModule(batch_size=16, eval_batch_size=50, conditional=True)
+    assert cond.num_classes == 10  # known before setup, so the model is built first
+    x, y = next(iter(cond.train_dataloader()))
+    assert x.shape == (16, 1, 8, 8) and y.dtype == torch.int64
+    images = cond.train_set.__getitems__(list(range(len(cond.train_set))))
+    for image, label in zip(x, y):  # each label belongs to its image
+        rows = (images == image).flatten(1).all(1)
+        assert label in cond.train_labels[rows]
+    index, xv, yv = next(iter(cond.val_dataloader()))
+    assert torch.equal(index, plain_index) and torch.equal(xv, plain_x) and torch.equal(yv, cond.val_labels[index])
+
+
+class TwoClassFolder(DiffusionDataModule):
+    """A datamodule whose split datasets carry a ``labels`` tensor and which names its ``classes`` (the generic path)."""
+
+    classes = ["cat", "dog"]
+
+    def __init__(self, labels, **kwargs):
+        super().__init__(num_levels=17, data_shape=(1, 8, 8), batch_size=4, **kwargs)
+        self.fixed_labels = torch.as_tensor(labels)
+
+    def build_splits(self):
+        sets = []
+        for _ in range(3):
+            dataset = LevelDataset(torch.randint(0, 17, (len(self.fixed_labels), 1, 8, 8)), 17)
+            dataset.labels = self.fixed_labels
+            sets.append(dataset)
+        return tuple(sets)
+
+
+def test_generic_labels_from_the_dataset_and_labels_out_of_range():
+    dm = TwoClassFolder([0, 1, 1, 0, 1, 0, 0, 1], conditional=True)
+    assert dm.num_classes == 2
+    _, y = next(iter(dm.train_dataloader()))
+    assert set(y.tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+        TwoClassFolder([0, 1, 5, 0], conditional=True).train_dataloader()
+
+
+def test_a_dataset_without_labels_asked_to_be_conditional_is_a_clear_error(make_config):
+    cfg = make_config(["dataset=toy2d", "model=mlp", "dataset.conditional=true"])
+    with pytest.raises(ValueError, match="dataset.conditional=false"):
+        build_run(cfg)
+
+
+# ------------------------------------------------------------------ networks
+@pytest.mark.parametrize("make", [lambda n: UNet(width=8, num_res_blocks=1, data_shape=(1, 8, 8), num_classes=n),
+                                  lambda n: MLP(hidden=16, depth=1, emb_dim=16, data_shape=(1, 8, 8), num_classes=n)],
+                         ids=["unet", "mlp"])
+def test_networks_add_a_class_embedding_with_a_null_class(make):
+    torch.manual_seed(0)
+    plain, cond = make(None), make(10)
+    assert not [k for k in plain.state_dict() if "class" in k]  # unconditional state dict unchanged
+    assert set(cond.state_dict()) - set(plain.state_dict()) == {"class_embed.embed.weight"}
+    assert cond.class_embed.embed.weight.shape[0] == 11  # 10 classes and ∅
+    with torch.no_grad():
+        for p in cond.parameters():
+            p.normal_(0, 0.3)
+    z, logsnr, labels = torch.randn(4, 1, 8, 8), torch.linspace(-3, 5, 4), torch.tensor([0, 1, 2, 3])
+    out = cond(z, logsnr, labels)
+    assert not torch.allclose(out, cond(z, logsnr, torch.tensor([4, 5, 6, 7])))
+    torch.testing.assert_close(cond(z, logsnr), cond(z, logsnr, torch.full((4,), 10)))  # None is ∅
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(z, logsnr, labels)

@@ -39,8 +39,11 @@ class DigitsDataModule(DiffusionDataModule):
     """sklearn digits, 1 x 8 x 8, K = 17.
 
     After ``setup`` the labels are kept as ``train_labels``/``val_labels``/``test_labels`` (int64 tensors)
-    and the row indices into ``load_digits()`` as ``split_indices``; the datasets yield only x.
+    and the row indices into ``load_digits()`` as ``split_indices``; the datasets yield only x, and the loaders
+    add the labels when ``conditional``.
     """
+
+    label_classes = 10
 
     def __init__(
         self,
@@ -49,6 +52,7 @@ class DigitsDataModule(DiffusionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        conditional: bool = False,
     ):
         """
         Args:
@@ -57,6 +61,7 @@ class DigitsDataModule(DiffusionDataModule):
             num_workers: DataLoader worker processes.
             seed: seed of the training shuffle order (the splits themselves are fixed).
             pin_memory: pin host memory in the DataLoaders.
+            conditional: yield class labels with the batches (dataset.conditional=true).
         """
         super().__init__(
             num_levels=DIGITS_NUM_LEVELS,
@@ -66,6 +71,7 @@ class DigitsDataModule(DiffusionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            conditional=conditional,
         )
         self.train_labels: torch.Tensor | None = None
         self.val_labels: torch.Tensor | None = None

@@ -49,6 +49,7 @@ class _TorchvisionDataModule(DiffusionDataModule, abc.ABC):
     """Shared logic: make sure the files are there (download or explain), load, split off validation."""
 
     dataset_name: str
+    label_classes = 10  # MNIST digits and CIFAR-10 classes
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class _TorchvisionDataModule(DiffusionDataModule, abc.ABC):
         num_workers: int,
         seed: int,
         pin_memory: bool,
+        conditional: bool = False,
     ):
         super().__init__(
             num_levels=256,
@@ -70,6 +72,7 @@ class _TorchvisionDataModule(DiffusionDataModule, abc.ABC):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            conditional=conditional,
         )
         if int(val_size) != val_size or val_size < 0:
             raise ValueError(f"val_size must be an integer >= 0, got {val_size!r}")
@@ -184,6 +187,7 @@ class MNISTDataModule(_TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        conditional: bool = False,
     ):
         """
         Args:
@@ -196,6 +200,7 @@ class MNISTDataModule(_TorchvisionDataModule):
             num_workers: DataLoader worker processes.
             seed: seed of the training shuffle order.
             pin_memory: pin host memory in the DataLoaders.
+            conditional: yield class labels with the batches (dataset.conditional=true).
         """
         side = 32 if pad_to_32 else 28
         super().__init__(
@@ -208,6 +213,7 @@ class MNISTDataModule(_TorchvisionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            conditional=conditional,
         )
         self.pad_to_32 = bool(pad_to_32)
 
@@ -256,6 +262,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        conditional: bool = False,
     ):
         """
         Args:
@@ -268,6 +275,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
             num_workers: DataLoader worker processes.
             seed: seed of the training shuffle order.
             pin_memory: pin host memory in the DataLoaders.
+            conditional: yield class labels with the batches (dataset.conditional=true).
         """
         super().__init__(
             root=root,
@@ -279,6 +287,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            conditional=conditional,
         )
 
     @property
