@@ -3,12 +3,19 @@ ELBO, every sampler, every parameterization), guidance is the formula (1 + w)·�
 labelled data, networks, a real conditional fit on the digits, DDP, checkpoints and the bad inputs."""
 
 import inspect
+import json
+from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from torch import nn
 
-from vdmlab.cli.build import build_run
+from vdmlab.cli.build import build_from_checkpoint, build_run
+from vdmlab.cli.sample import run as sample_run
+from vdmlab.cli.train import run as train_run
 from vdmlab.data import DiffusionDataModule, DigitsDataModule, LevelDataset
 from vdmlab.data.base import split_batch
 from vdmlab.diffusion import likelihood, losses, sampling
@@ -16,6 +23,7 @@ from vdmlab.diffusion import parameterization as PZ
 from vdmlab.diffusion import schedules as S
 from vdmlab.diffusion.weighting import ELBOWeighting
 from vdmlab.models import MLP, UNet
+from vdmlab.module import DiffusionModule
 
 PARAMS = [PZ.XParameterization(), PZ.EpsParameterization(), PZ.ScoreParameterization(),
           PZ.EnergyParameterization(), PZ.VParameterization(), PZ.FlowParameterization()]
@@ -235,3 +243,120 @@ def test_networks_add_a_class_embedding_with_a_null_class(make):
     torch.testing.assert_close(cond(z, logsnr), cond(z, logsnr, torch.full((4,), 10)))  # None is ∅
     with pytest.raises(ValueError, match="unconditional"):
         plain(z, logsnr, labels)
+
+
+# ------------------------------------------------------------------ training, checkpoints, sampling, bad input
+FIT = ["dataset.conditional=true", "module.p_uncond=0.2", "model.width=16", "model.num_res_blocks=1",
+       "trainer.max_epochs=12", "module.lr_scheduler.warmup_steps=20", "module.optimizer.lr=3e-3", "logger=csv",
+       "fid.every_n_epochs=0", "fid.num_samples=50", "fid.steps=8", "sampler.steps=8", "module.ema_decay=0.9",
+       "callbacks.sample_grid.num_samples=20", "callbacks.sample_grid.every_n_epochs=1000"]
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """A real short conditional fit on the digits through train.py's run (132 steps), and its metrics."""
+    out = tmp_path_factory.mktemp("conditional") / "run"
+    cfg = compose_config(out, FIT)
+    train_run(cfg)
+    return out, {k: float(v) for k, v in cfg_metrics(out).items()}
+
+
+def cfg_metrics(out: Path) -> dict[str, float]:
+    """The last logged value of every key of the run's CSV log."""
+    from vdmlab.cli.compare import read_metrics
+
+    return read_metrics(next(out.rglob("metrics.csv")))[0]
+
+
+@pytest.mark.slow
+def test_a_short_conditional_fit_on_the_digits(conditional_run):
+    out, metrics = conditional_run
+    # p(x|y) is a better model of the digits than p(x) from the same net with ∅ (same noise for both)
+    assert metrics["test/bpd"] < metrics["test/bpd_uncond"] and metrics["val/bpd"] < metrics["val/bpd_uncond"]
+    assert 0.0 <= metrics["test/class_acc"] <= 1.0 and metrics["test/fid_n"] == 50
+    assert (out / "samples" / "final.png").is_file()  # a row per class
+
+
+@pytest.mark.slow
+def test_checkpoints_round_trip_the_conditional_model_and_sample_py_takes_labels(conditional_run, tmp_path):
+    out, _ = conditional_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    built = build_from_checkpoint(str(ckpt))
+    assert built.module.num_classes == 10 and built.module.net.class_embed is not None
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for key, value in built.module.state_dict().items():
+        torch.testing.assert_close(value, stored["state_dict"][key])
+    for overrides in (["label=3"], ["labels=all"]):
+        cfg = compose_config(tmp_path / overrides[0].split("=")[0], [f"ckpt_path={ckpt}", "num_samples=20",
+                             "sampler.steps=6", "sampler.guidance=2", *overrides], "sample")
+        npz = sample_run(cfg)
+        data = np.load(npz)
+        metrics = json.loads((npz.parent / "metrics.json").read_text())
+        assert metrics["guidance"] == 2.0 and 0.0 <= metrics["class_acc"] <= 1.0 and metrics["fid_n"] == 20
+    assert data["y"].tolist() == [k for k in range(10) for _ in range(2)]  # labels=all: every class, a row each
+    for bad, match in (([], "give the labels"), (["label=10"], r"outside \[0, 10\)"), (["label=-1"], "outside"),
+                       (["label=3", "labels=all"], "both given")):
+        cfg = compose_config(tmp_path / "bad", [f"ckpt_path={ckpt}", "num_samples=4", "sampler.steps=2", *bad], "sample")
+        with pytest.raises(ValueError, match=match):
+            sample_run(cfg)
+
+
+def test_an_unconditional_model_given_labels_is_a_clear_error(make_config):
+    module = build_run(make_config(["model.width=8", "model.num_res_blocks=1"])).module
+    assert module.num_classes is None and not [k for k in module.state_dict() if "class_embed" in k]
+    with pytest.raises(ValueError, match="unconditional model: it takes no labels"):
+        module.sample(2, steps=2, labels=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="dataset.conditional=true"):  # guidance needs a conditional model
+        module.sample(2, steps=2, guidance=2.0)
+    with pytest.raises(ValueError, match="batches carry class labels but the model is unconditional"):
+        module.training_step((torch.zeros(2, 1, 8, 8), torch.tensor([1, 2])), 0)
+
+
+def test_label_dropout_uses_the_training_noise_and_replaces_labels_by_the_null_class(make_config):
+    seen = []
+    module = build_run(make_config(["dataset.conditional=true", "module.p_uncond=0.3", "model.width=8",
+                                    "model.num_res_blocks=1"])).module
+    module.net.register_forward_pre_hook(lambda net, args: seen.append(args[2].clone()))
+    x, y = torch.zeros(400, 1, 8, 8), torch.arange(400) % 10
+    module.training_step((x, y), 0)
+    dropped = seen[-1] == 10
+    assert 0.2 < dropped.float().mean() < 0.4 and torch.equal(seen[-1][~dropped], y[~dropped])
+    again = build_run(make_config(["dataset.conditional=true", "module.p_uncond=0.3", "model.width=8",
+                                   "model.num_res_blocks=1"])).module
+    again.net.register_forward_pre_hook(lambda net, args: seen.append(args[2].clone()))
+    again.training_step((x, y), 0)
+    assert torch.equal(seen[-1], seen[-2])  # drawn from the seeded training-noise generator
+    with pytest.raises(ValueError, match="batches carry no labels"):
+        module.training_step(x, 0)
+
+
+class SevenValConditionalDigits(DigitsDataModule):
+    """Conditional digits with 7 validation examples: 2 DDP ranks pad to 8, duplicating one (labelled) example."""
+
+    def build_splits(self):
+        train, val, test = super().build_splits()
+        self.val_labels = self.val_labels[:7]
+        return train, torch.utils.data.Subset(val, range(7)), test
+
+
+def conditional_module():
+    torch.manual_seed(0)
+    net = UNet(width=8, num_res_blocks=1, data_shape=(1, 8, 8), num_classes=10)
+    with torch.no_grad():
+        net.class_embed.embed.weight.normal_()  # labels matter from the start
+    return DiffusionModule(net, S.LinearSchedule(-5.0, 10.0), ELBOWeighting(), PZ.EpsParameterization(), 17, (1, 8, 8),
+                           eval_num_samples=2, num_classes=10)
+
+
+@pytest.mark.slow
+def test_conditional_bits_per_dim_under_ddp_equal_single_process():
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+                            use_distributed_sampler=False)
+        results[devices] = trainer.validate(conditional_module(), verbose=False,
+                                            datamodule=SevenValConditionalDigits(eval_batch_size=3, conditional=True))[0]
+    for key in ("val/bpd", "val/bpd_uncond"):
+        assert results[2][key] == pytest.approx(results[1][key], rel=1e-6)
+    assert results[1]["val/bpd"] != pytest.approx(results[1]["val/bpd_uncond"], rel=1e-4)

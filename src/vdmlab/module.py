@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from vdmlab.data.base import split_index_batch
+from vdmlab.data.base import split_batch
 from vdmlab.diffusion import likelihood
 from vdmlab.diffusion.losses import LossTerms, diffusion_loss, low_discrepancy_times
 from vdmlab.diffusion.parameterization import Parameterization
@@ -22,6 +22,7 @@ from vdmlab.diffusion.sampling import ancestral, generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
 from vdmlab.metrics.bpd import BitsPerDim
+from vdmlab.metrics.digits_classifier import class_matches
 from vdmlab.metrics.fid import FIDMetric, fid_feature, shard_indices
 from vdmlab.optim import EMA
 
@@ -58,6 +59,11 @@ class DiffusionModule(L.LightningModule):
             those of the plain module).
         channels_last: keep image denoisers and batches in channels-last memory format (faster convs on GPUs).
         run_config: the resolved run config, stored in checkpoints so eval/sample can rebuild the run.
+        num_classes: None (unconditional) or the number of classes of a class-conditional model, whose batches
+            carry labels ``y`` (``dataset.conditional=true``); the null class ∅ is ``num_classes``. Evaluation
+            then reports bits/dim of p(x|y) (``bpd``) and of p(x) with ∅ (``bpd_uncond``) from the same model.
+        p_uncond: label dropout of classifier-free guidance: each training label is replaced by ∅ with this
+            probability (drawn from the training-noise generator, so a resumed run stays exact).
     """
 
     def __init__(
@@ -82,8 +88,13 @@ class DiffusionModule(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         run_config: dict | None = None,
+        num_classes: int | None = None,
+        p_uncond: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= float(p_uncond) < 1.0:
+            raise ValueError(f"module.p_uncond={p_uncond!r} is invalid: the label dropout must lie in [0, 1)")
+        self.num_classes, self.p_uncond = (int(num_classes) if num_classes else None), float(p_uncond)
         self.net, self.schedule = net, schedule
         self.weighting, self.parameterization = weighting, parameterization
         self.num_levels, self.data_shape = int(num_levels), tuple(int(d) for d in data_shape)
@@ -105,6 +116,8 @@ class DiffusionModule(L.LightningModule):
         # per-term bits/dim, each example counted once under DDP (indices from the evaluation loaders)
         self.bpd_metrics = nn.ModuleDict({f"{stage}_{term}": BitsPerDim(self.data_dim)
                                           for stage in ("val", "test") for term in BPD_TERMS})
+        if self.num_classes is not None:  # p(x) of the same model, with the null label
+            self.bpd_metrics.update({f"{stage}_bpd_uncond": BitsPerDim(self.data_dim) for stage in ("val", "test")})
         self.fid_config = None if fid is None else {**FID_DEFAULTS, **fid}
         if self.fid_config is not None:
             feature = fid_feature(self.fid_config["feature"], self.data_shape, self.num_levels)
@@ -147,14 +160,60 @@ class DiffusionModule(L.LightningModule):
             )
         return x
 
-    def loss_terms(self, x: Tensor, generator: torch.Generator | None = None, net: nn.Module | None = None) -> LossTerms:
-        """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch."""
+    def _check_labels(self, y: Tensor | None) -> Tensor | None:
+        """The batch's labels, checked against the model: conditional models need them, unconditional ones take none."""
+        if self.num_classes is None and y is not None:
+            raise ValueError(
+                "the batches carry class labels but the model is unconditional; build it from the datamodule "
+                "(python train.py dataset.conditional=true fills model.num_classes) or set dataset.conditional=false"
+            )
+        if self.num_classes is not None and y is None:
+            raise ValueError(
+                f"the model is class-conditional ({self.num_classes} classes) but the batches carry no labels; "
+                f"set dataset.conditional=true"
+            )
+        return y
+
+    def null_labels(self, like: Tensor) -> Tensor:
+        """The null class ∅ (index ``num_classes``) for every example of a label batch."""
+        return torch.full_like(like, self.num_classes)
+
+    def balanced_labels(self, indices) -> Tensor:
+        """Labels ``i mod num_classes`` for sample indices i: every class equally often (FID, sample grids)."""
+        return torch.as_tensor(list(indices), dtype=torch.long, device=self.device) % self.num_classes
+
+    def check_label_values(self, labels: Tensor | None) -> Tensor | None:
+        """Labels for sampling, checked: a conditional model needs them, in [0, num_classes); others take none."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    "this checkpoint is an unconditional model: it takes no labels; drop label=/labels= "
+                    "(or train a class-conditional model with dataset.conditional=true)"
+                )
+            return None
+        if labels is None:
+            raise ValueError(
+                f"this checkpoint is a class-conditional model ({self.num_classes} classes): give the labels to "
+                f"sample, e.g. python sample.py label=3 or labels=all"
+            )
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.numel():
+            raise ValueError(
+                f"label {int(bad[0])} is outside [0, {self.num_classes}): this model has classes "
+                f"0..{self.num_classes - 1}; use label=0..{self.num_classes - 1} or labels=all"
+            )
+        return labels
+
+    def loss_terms(self, x: Tensor, generator: torch.Generator | None = None, net: nn.Module | None = None,
+                   cond: Tensor | None = None) -> LossTerms:
+        """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch, conditioned on ``cond`` (labels)."""
         t = self.time_sampler(x.shape[0], generator=generator, device=x.device)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         net = self.net if net is None else net  # not `net or self.net`: a compiled module has no truth value
         return diffusion_loss(
             x, t.to(x.dtype), eps, net=net, schedule=self.schedule, weighting=self.weighting,
-            parameterization=self.parameterization, timesteps=self.timesteps,
+            parameterization=self.parameterization, timesteps=self.timesteps, cond=cond,
         )
 
     def _endpoint_terms(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -176,10 +235,14 @@ class DiffusionModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(self.seed + 2_000_029 * (self.global_step + 1))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        x = self._check_shape(batch)
+        _, x, y = split_batch(batch)
+        x, y = self._check_shape(x), self._check_labels(y)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        terms = self.loss_terms(x, self.noise_generator, self._train_net)
+        if y is not None and self.p_uncond > 0:  # label dropout: the same net learns p(x) under ∅
+            drop = torch.rand(y.shape, generator=self.noise_generator, device=y.device) < self.p_uncond
+            y = torch.where(drop, self.null_labels(y), y)
+        terms = self.loss_terms(x, self.noise_generator, self._train_net, cond=y)
         self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
         loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: on_before_optimizer_step skips the step
         trained_ends = self.schedule.trainable_endpoints
@@ -231,22 +294,30 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def _evaluation_step(self, batch: Any, batch_idx: int, stage: str) -> None:
-        index, x = split_index_batch(batch)
-        x = self._check_shape(x)
-        terms = likelihood.negative_elbo(
-            x, net=self.ema.net, schedule=self.schedule, parameterization=self.parameterization,
-            num_levels=self.num_levels, num_samples=self.eval_num_samples, timesteps=self.timesteps,
-            generator=self._eval_generator(batch_idx, stage), example_ids=index,
-            seed=self.seed + (0 if stage == "val" else 7_919),
-        )
+        index, x, y = split_batch(batch)
+        x, y = self._check_shape(x), self._check_labels(y)
+
+        def elbo(cond: Tensor | None) -> likelihood.ELBOTerms:
+            return likelihood.negative_elbo(
+                x, net=self.ema.net, schedule=self.schedule, parameterization=self.parameterization,
+                num_levels=self.num_levels, num_samples=self.eval_num_samples, timesteps=self.timesteps,
+                generator=self._eval_generator(batch_idx, stage), example_ids=index,
+                seed=self.seed + (0 if stage == "val" else 7_919), cond=cond,
+            )
+
+        terms = elbo(y)  # -log p(x|y) for a conditional model
         for term, nats in zip(BPD_TERMS, (terms.total, terms.diffusion, terms.prior, terms.reconstruction)):
             self.bpd_metrics[f"{stage}_{term}"].update(nats, index=index)
-        loss = self.loss_terms(x, self._eval_generator(batch_idx, stage), self.ema.net).loss.mean()
+        if y is not None:  # -log p(x) of the same model: the null label, same noise
+            self.bpd_metrics[f"{stage}_bpd_uncond"].update(elbo(self.null_labels(y)).total, index=index)
+        loss = self.loss_terms(x, self._eval_generator(batch_idx, stage), self.ema.net, cond=y).loss.mean()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
     def _log_evaluation(self, stage: str) -> None:
         """Log the exact (deduplicated, all-rank) bits/dim terms and the standard error of the total."""
-        for term in BPD_TERMS:
+        for term in (*BPD_TERMS, "bpd_uncond"):
+            if f"{stage}_{term}" not in self.bpd_metrics:
+                continue
             metric = self.bpd_metrics[f"{stage}_{term}"]
             if not metric.update_called:
                 continue
@@ -276,17 +347,36 @@ class DiffusionModule(L.LightningModule):
         cfg = self.fid_config
         values = self.compute_fid(metric, cfg["num_samples"], cfg["steps"], cfg["batch_size"])
         self.log_dict({f"{stage}/fid": values["fid"], f"{stage}/fid_n": float(values["fid_n"])})
+        if "class_acc" in values:
+            self.log(f"{stage}/class_acc", values["class_acc"])
         return values
 
     def compute_fid(self, metric: FIDMetric, num_samples: int, steps: int, batch_size: int = 500) -> dict[str, float]:
-        """Feed this rank's share of ``num_samples`` fresh EMA samples to ``metric`` and compute FID (collective)."""
+        """Feed this rank's share of ``num_samples`` fresh EMA samples to ``metric`` and compute FID (collective).
+
+        A conditional model draws every class equally often (sample i gets label i mod C) with the sampler's
+        guidance; on the digits the result also holds ``class_acc``, the fraction of samples that the shipped
+        digits classifier assigns to the label they were drawn for.
+        """
         metric.reset()  # keeps the real statistics (reset_real_features=False)
-        share = len(shard_indices(num_samples))
+        shard = shard_indices(num_samples)
         generator = torch.Generator(device=self.device).manual_seed(self.seed + 31 * self.global_rank + 1)
-        for start in range(0, share, batch_size):
-            n = min(batch_size, share - start)
-            metric.update(self.sample(n, steps=steps, generator=generator), real=False)
-        return metric.compute_dict()
+        classifier = getattr(metric.extractor, "classifier", None) if self.num_classes is not None else None
+        correct = torch.zeros(2, device=self.device)  # [correct, total]
+        for start in range(0, len(shard), batch_size):
+            indices = shard[start : start + batch_size]
+            labels = self.balanced_labels(indices) if self.num_classes is not None else None
+            x = self.sample(len(indices), steps=steps, generator=generator, labels=labels)
+            metric.update(x, real=False)
+            if classifier is not None:
+                correct += torch.stack([class_matches(classifier, x, labels).sum(), torch.tensor(float(len(x)))]
+                                       ).to(correct)
+        values = metric.compute_dict()
+        if classifier is not None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(correct)
+            values["class_acc"] = float(correct[0] / correct[1].clamp_min(1))
+        return values
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -297,11 +387,25 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, num: int, steps: int | None = None, sampler: Callable | None = None, clip_x: bool | None = None,
-               schedule: Schedule | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``num`` samples with the EMA weights, decoded to the K data levels."""
+               schedule: Schedule | None = None, generator: torch.Generator | None = None,
+               labels: Tensor | None = None, guidance: float | None = None) -> Tensor:
+        """Draw ``num`` samples with the EMA weights, decoded to the K data levels.
+
+        A class-conditional model needs ``labels`` ``[num]`` and is guided with weight ``guidance`` (default: the
+        sampler's ``guidance``; 0 is the plain conditional model), only for λ in the sampler's guidance interval.
+        """
         steps = int(steps or self.sampler["steps"])
         clip = self.sampler.get("clip_x", True) if clip_x is None else clip_x
-        denoise = self.parameterization.denoiser(self.ema.net, clip_x=clip)
+        labels = self.check_label_values(labels)
+        if labels is not None and labels.shape != (num,):
+            raise ValueError(f"{num} samples asked for with {labels.numel()} labels: give one label per sample")
+        guidance = float(self.sampler.get("guidance", 0.0) if guidance is None else guidance)
+        denoise = self.parameterization.denoiser(
+            self.ema.net, clip_x=clip, cond=labels, guidance=guidance,
+            null_cond=None if labels is None else self.null_labels(labels),
+            guidance_logsnr_min=self.sampler.get("guidance_logsnr_min"),
+            guidance_logsnr_max=self.sampler.get("guidance_logsnr_max"),
+        )
         grid = logsnr_grid(schedule or self.sampler.get("schedule") or self.schedule, steps, device=self.device)
         return generate(denoise, sampler or self.sampler["fn"], grid, (num, *self.data_shape), self.num_levels,
                         generator=generator, device=self.device)
@@ -323,6 +427,7 @@ class DiffusionModule(L.LightningModule):
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "num_levels": self.num_levels,
             "data_shape": list(self.data_shape),
+            "num_classes": self.num_classes,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -21,12 +21,12 @@ SPLITS = ("train", "val", "test")
 
 
 def split_loader(datamodule, split: str) -> DataLoader:
-    """An unshuffled loader of ``(index, x)`` over one split."""
+    """An unshuffled loader of ``(index, x)`` over one split, ``(index, x, y)`` for a conditional datamodule."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is invalid: choose one of {', '.join(SPLITS)}")
     datamodule.setup()
-    dataset = getattr(datamodule, f"{split}_set")
-    return DataLoader(UniqueIndexDataset(dataset), batch_size=datamodule.eval_batch_size, shuffle=False)
+    return DataLoader(UniqueIndexDataset(datamodule.split_dataset(split)), batch_size=datamodule.eval_batch_size,
+                      shuffle=False)
 
 
 def evaluate_fid(module, dataset, cfg: DictConfig, device: torch.device) -> dict[str, float]:
@@ -36,7 +36,8 @@ def evaluate_fid(module, dataset, cfg: DictConfig, device: torch.device) -> dict
     metric.update_from_dataset(dataset, real=True, batch_size=int(cfg.batch_size))
     start = time.time()
     values = module.compute_fid(metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size))
-    return {"fid": values["fid"], "fid_n": values["fid_n"], "fid_n_real": values["fid_n_real"],
+    extra = {"class_acc": values["class_acc"]} if "class_acc" in values else {}
+    return {"fid": values["fid"], "fid_n": values["fid_n"], "fid_n_real": values["fid_n_real"], **extra,
             "fid_seconds": time.time() - start}
 
 
@@ -53,6 +54,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
                        device=device, seed=int(cfg.seed))
     metrics = {f"{cfg.split}/{k}": float(v) for k, v in bpd.items()}
+    if module.num_classes is not None:  # p(x) of the same conditional model, with the null label (same noise)
+        uncond = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
+                              num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps,
+                              generator=torch.Generator(device=device).manual_seed(cfg.seed), device=device,
+                              seed=int(cfg.seed), null_class=module.num_classes)
+        metrics.update({f"{cfg.split}/bpd_uncond": uncond["bpd"], f"{cfg.split}/bpd_uncond_se": uncond["bpd_se"]})
     if cfg.get("fid"):
         fid = evaluate_fid(module, getattr(built.datamodule, f"{cfg.split}_set"), cfg.fid, device)
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in fid.items()})

@@ -53,6 +53,12 @@ def validate_config(cfg: DictConfig) -> None:
     timesteps = cfg.get("module", {}).get("timesteps")
     if timesteps is not None and not (_number(timesteps) is not None and timesteps >= 1):
         errors.append(f"module.timesteps={timesteps!r} is invalid: null (continuous time) or an integer >= 1")
+    p_uncond = (cfg.get("module") or {}).get("p_uncond", 0.0)
+    if not (_number(p_uncond) is not None and 0.0 <= float(p_uncond) < 1.0):
+        errors.append(f"module.p_uncond={p_uncond!r} is invalid: the label dropout must lie in [0, 1), e.g. 0.1")
+    guidance = (cfg.get("sampler") or {}).get("guidance", 0.0)
+    if not (_number(guidance) is not None and math.isfinite(float(guidance))):
+        errors.append(f"sampler.guidance={guidance!r} is invalid: a finite number (0: no guidance)")
     dataset = cfg.get("dataset") or {}
     root = dataset.get("root")
     if "root" in dataset and not dataset.get("download", False):

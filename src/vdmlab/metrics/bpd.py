@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from vdmlab.data.base import UniqueIndexDataset, split_index_batch  # noqa: F401 - re-exported
+from vdmlab.data.base import UniqueIndexDataset, split_batch, split_index_batch  # noqa: F401 - re-exported
 from vdmlab.diffusion.likelihood import negative_elbo
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.schedules import Schedule
@@ -154,13 +154,16 @@ def evaluate_bpd(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     seed: int | None = None,
+    null_class: int | None = None,
 ) -> dict[str, float]:
     """The negative ELBO (eq. 3.60) over a dataloader, in bits/dim, with each term and the standard error.
 
     With ``seed`` and ``(index, x)`` batches the noise is drawn per example (``negative_elbo``'s
     ``example_ids``), so the result does not depend on batching; otherwise it comes from ``generator``.
 
-    Batches are tensors ``x`` or ``(index, x)`` pairs from :class:`UniqueIndexDataset`. Runs under
+    Batches are tensors ``x`` or ``(index, x)`` pairs from :class:`UniqueIndexDataset`, or ``(index, x, y)`` with
+    class labels y for a conditional model: the bound is then on -log p(x|y), or, with ``null_class`` (the null
+    label ∅ of classifier-free guidance), on -log p(x) of the same model with every label replaced by ∅. Runs under
     ``torch.no_grad`` (not ``inference_mode``: the energy parameterization differentiates internally) with
     ``net`` in eval mode, restoring its mode afterwards. With ``device`` given, ``net`` and ``schedule`` are
     moved there; ``generator`` (if any) must live on that device.
@@ -180,13 +183,15 @@ def evaluate_bpd(
     try:
         with torch.no_grad():
             for batch in dataloader:
-                index, x = split_index_batch(batch)
+                index, x, y = split_batch(batch)
                 x = x.to(device)
+                if y is not None:
+                    y = (torch.full_like(y, null_class) if null_class is not None else y).to(device)
                 per_example = seed is not None and index is not None
                 terms = negative_elbo(
                     x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
                     num_samples=num_samples, timesteps=timesteps, generator=generator,
-                    example_ids=index if per_example else None, seed=seed or 0,
+                    example_ids=index if per_example else None, seed=seed or 0, cond=y,
                 )
                 data_dim = x[0].numel()
                 metrics["bpd"].update(terms.total.cpu(), data_dim=data_dim)
