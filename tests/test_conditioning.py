@@ -6,14 +6,17 @@ import inspect
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from conftest import compose_config
+from omegaconf import OmegaConf
+from test_evaluation import validate_single_and_ddp
 from torch import nn
 
 from vdmlab.cli.build import build_from_checkpoint, build_run
+from vdmlab.cli.compare import compare
+from vdmlab.cli.evaluate import run as eval_run
 from vdmlab.cli.sample import run as sample_run
 from vdmlab.cli.train import run as train_run
 from vdmlab.data import DiffusionDataModule, DigitsDataModule, LevelDataset
@@ -294,6 +297,9 @@ def test_checkpoints_round_trip_the_conditional_model_and_sample_py_takes_labels
         metrics = json.loads((npz.parent / "metrics.json").read_text())
         assert metrics["guidance"] == 2.0 and 0.0 <= metrics["class_acc"] <= 1.0 and metrics["fid_n"] == 20
     assert data["y"].tolist() == [k for k in range(10) for _ in range(2)]  # labels=all: every class, a row each
+    metrics = eval_run(compose_config(tmp_path / "eval", [f"ckpt_path={ckpt}", "bpd.num_samples=1", "fid.num_samples=20",
+                                                          "fid.steps=4", "logger=null"], "eval"))
+    assert metrics["test/bpd"] < metrics["test/bpd_uncond"] and 0.0 <= metrics["test/class_acc"] <= 1.0
     for bad, match in (([], "give the labels"), (["label=10"], r"outside \[0, 10\)"), (["label=-1"], "outside"),
                        (["label=3", "labels=all"], "both given")):
         cfg = compose_config(tmp_path / "bad", [f"ckpt_path={ckpt}", "num_samples=4", "sampler.steps=2", *bad], "sample")
@@ -350,13 +356,25 @@ def conditional_module():
 
 @pytest.mark.slow
 def test_conditional_bits_per_dim_under_ddp_equal_single_process():
-    results = {}
-    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
-        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
-                            use_distributed_sampler=False)
-        results[devices] = trainer.validate(conditional_module(), verbose=False,
-                                            datamodule=SevenValConditionalDigits(eval_batch_size=3, conditional=True))[0]
+    results = validate_single_and_ddp(conditional_module,
+                                      lambda: SevenValConditionalDigits(eval_batch_size=3, conditional=True))
     for key in ("val/bpd", "val/bpd_uncond"):
         assert results[2][key] == pytest.approx(results[1][key], rel=1e-6)
     assert results[1]["val/bpd"] != pytest.approx(results[1]["val/bpd_uncond"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compare_shows_fid_and_class_accuracy_against_guidance(conditional_run, tmp_path):
+    out, _ = conditional_run
+    sweep = tmp_path / "multirun"
+    for job, w in enumerate((0.0, 1.0, 4.0)):
+        cfg = compose_config(sweep / str(job), [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "labels=all",
+                                                "num_samples=20", "sampler.steps=4", f"sampler.guidance={w}"], "sample")
+        sample_run(cfg)
+        (sweep / str(job) / ".hydra").mkdir()
+        OmegaConf.save(cfg, sweep / str(job) / ".hydra" / "config.yaml")  # what hydra.main writes for each job
+    paths = compare(sweep)
+    table = paths["markdown"].read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 1", "| 4"] and all("%" in row for row in rows)
+    assert paths["guidance"].is_file() and "class_acc" in paths["csv"].read_text()
