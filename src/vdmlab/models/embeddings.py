@@ -71,8 +71,9 @@ class LogSNREmbedding(nn.Module):
 class ClassEmbedding(nn.Module):
     """Class labels 0..C-1 and the null class ∅ = C → ``[B, dim]``, an ``nn.Embedding(C + 1, dim)``.
 
-    Zero-initialised, so a conditional network starts as the unconditional one; ``labels=None`` means ∅ for the
-    whole batch (the unconditional model p(x) that classifier-free guidance pushes away from).
+    Initialised N(0, 1) like ADM's class embedding (Dhariwal & Nichol 2021), of the scale of the λ embedding, so the
+    labels shape the output from the first step (a zero start learnt them several times slower on the digits);
+    ``labels=None`` means ∅ for the whole batch (the unconditional model p(x) that guidance pushes away from).
     """
 
     def __init__(self, num_classes: int, dim: int):
@@ -80,8 +81,7 @@ class ClassEmbedding(nn.Module):
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"model.num_classes must be null (unconditional) or an integer >= 1, got {num_classes!r}")
         self.num_classes = int(num_classes)
-        self.embed = nn.Embedding(self.num_classes + 1, dim)
-        nn.init.zeros_(self.embed.weight)
+        self.embed = nn.Embedding(self.num_classes + 1, dim)  # default init N(0, 1)
 
     @property
     def null_class(self) -> int:
