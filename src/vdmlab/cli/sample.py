@@ -94,8 +94,11 @@ def run(cfg: DictConfig) -> Path:
                                      labels=None if labels is None else labels[start : start + n]).cpu())
     x = torch.cat(batches)
     out = Path(cfg.paths.output_dir)
-    shown = min(len(x), 256) if nrow is None else min(len(x), 256 // nrow * nrow)
-    grid = save_samples(x[:shown], out / "samples.png", nrow=nrow)
+    if nrow is None:  # up to 256 samples in a square grid
+        grid = save_samples(x[:256], out / "samples.png")
+    else:  # labels=all: a row per class, its first 16 samples
+        shown = min(nrow, 16)
+        grid = save_samples(x.reshape(-1, nrow, *x.shape[1:])[:, :shown].flatten(0, 1), out / "samples.png", nrow=shown)
     npz = out / "samples.npz"
     extra = {} if labels is None else {"y": labels.cpu().numpy()}
     np.savez_compressed(npz, x=x.numpy(), ckpt_path=str(cfg.ckpt_path),
