@@ -72,7 +72,8 @@ class ClassEmbedding(nn.Module):
     """Class labels 0..C-1 and the null class ∅ = C → ``[B, dim]``, an ``nn.Embedding(C + 1, dim)``.
 
     Initialised N(0, 1) like ADM's class embedding (Dhariwal & Nichol 2021), of the scale of the λ embedding, so the
-    labels shape the output from the first step (a zero start learnt them several times slower on the digits);
+    labels shape the output from the first step (from a zero start the digits model reached 17 % instead of 63 %
+    unguided class accuracy in ~700 steps);
     ``labels=None`` means ∅ for the whole batch (the unconditional model p(x) that guidance pushes away from).
     """
 
