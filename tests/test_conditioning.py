@@ -178,11 +178,11 @@ def test_split_batch_takes_every_batch_form():
 
 
 def test_digits_yield_labels_only_when_asked():
-    plain = DigitsDataModule(batch_size=16, eval_batch_size=50)
+    plain = DigitsDataModule(batch_size=16, eval_batch_size=50, num_workers=0)
     assert plain.num_classes is None
     assert isinstance(next(iter(plain.train_dataloader())), torch.Tensor)  # unchanged forms: x and (index, x)
     plain_index, plain_x = next(iter(plain.val_dataloader()))
-    cond = DigitsDataModule(batch_size=16, eval_batch_size=50, conditional=True)
+    cond = DigitsDataModule(batch_size=16, eval_batch_size=50, num_workers=0, conditional=True)
     assert cond.num_classes == 10  # known before setup, so the model is built first
     x, y = next(iter(cond.train_dataloader()))
     assert x.shape == (16, 1, 8, 8) and y.dtype == torch.int64
@@ -200,7 +200,7 @@ class TwoClassFolder(DiffusionDataModule):
     classes = ["cat", "dog"]
 
     def __init__(self, labels, **kwargs):
-        super().__init__(num_levels=17, data_shape=(1, 8, 8), batch_size=4, **kwargs)
+        super().__init__(num_levels=17, data_shape=(1, 8, 8), batch_size=4, eval_batch_size=None, num_workers=0, **kwargs)
         self.fixed_labels = torch.as_tensor(labels)
 
     def build_splits(self):
@@ -359,7 +359,8 @@ def conditional_module():
 @pytest.mark.slow
 def test_conditional_bits_per_dim_under_ddp_equal_single_process():
     results = validate_single_and_ddp(conditional_module,
-                                      lambda: SevenValConditionalDigits(eval_batch_size=3, conditional=True))
+                                      lambda: SevenValConditionalDigits(batch_size=128, eval_batch_size=3,
+                                                                        num_workers=0, conditional=True))
     for key in ("val/bpd", "val/bpd_uncond"):
         assert results[2][key] == pytest.approx(results[1][key], rel=1e-6)
     assert results[1]["val/bpd"] != pytest.approx(results[1]["val/bpd_uncond"], rel=1e-4)

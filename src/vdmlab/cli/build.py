@@ -26,15 +26,14 @@ def build_sampler(cfg: DictConfig) -> dict[str, Any]:
     """The sampler group: the sampler function, its number of steps, x̂ clipping, an optional sampling schedule and
     the classifier-free guidance weight and λ interval (conditional models; absent in configs older than them: 0)."""
     schedule = cfg.sampler.get("schedule")
-    lo, hi = cfg.sampler.get("guidance_logsnr_min"), cfg.sampler.get("guidance_logsnr_max")
     return {
         "fn": instantiate(cfg.sampler.fn),
-        "steps": int(cfg.sampler.steps),
-        "clip_x": bool(cfg.sampler.clip_x),
+        "steps": cfg.sampler.steps,  # checked by the module (vdmlab.module.check_module_arguments)
+        "clip_x": cfg.sampler.clip_x,
         "schedule": instantiate(schedule) if schedule else None,
-        "guidance": float(cfg.sampler.get("guidance") or 0.0),
-        "guidance_logsnr_min": None if lo is None else float(lo),
-        "guidance_logsnr_max": None if hi is None else float(hi),
+        "guidance": cfg.sampler.get("guidance"),  # checked by the module too; None (an older config): no guidance
+        "guidance_logsnr_min": cfg.sampler.get("guidance_logsnr_min"),
+        "guidance_logsnr_max": cfg.sampler.get("guidance_logsnr_max"),
     }
 
 

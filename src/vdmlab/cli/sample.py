@@ -9,6 +9,7 @@ accuracy of the samples: the fraction that the shipped classifier assigns to the
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,12 @@ from torch import Tensor
 from vdmlab.callbacks.samples import class_rows, save_samples
 from vdmlab.cli.build import build_from_checkpoint, build_sampler
 from vdmlab.cli.common import format_table, pick_device
+from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
 from vdmlab.metrics.fid import FIDMetric, fid_feature
+from vdmlab.module import GUIDANCE_KEYS
 
-GUIDANCE_KEYS = ("guidance", "guidance_logsnr_min", "guidance_logsnr_max")
+log = logging.getLogger("vdmlab")
 
 
 def sample_labels(cfg: DictConfig, num_classes: int | None, device) -> tuple[Tensor | None, int | None]:
@@ -47,7 +50,7 @@ def sample_labels(cfg: DictConfig, num_classes: int | None, device) -> tuple[Ten
     return values[torch.arange(cfg.num_samples, device=device) % len(values)], None
 
 
-def sample_metrics(module, built, x: Tensor, labels: Tensor | None, cfg: DictConfig, device) -> dict[str, float]:
+def fid_and_class_accuracy(module, built, x: Tensor, labels: Tensor | None, cfg: DictConfig, device) -> dict[str, float]:
     """FID of the samples against ``metrics_split`` (with its sample count) and, on the digits, their class accuracy."""
     feature = fid_feature(cfg.fid.feature, module.data_shape, module.num_levels)
     if cfg.metrics == "auto" and feature != "digits":
@@ -67,10 +70,12 @@ def sample_metrics(module, built, x: Tensor, labels: Tensor | None, cfg: DictCon
 
 
 def run(cfg: DictConfig) -> Path:
-    """Draw ``num_samples`` samples; returns the path of the .npz written into the run dir."""
+    """Draw ``num_samples`` samples; returns the path of the .npz written into the run dir (and logs what it wrote
+    to the console and sample.log)."""
+    capture_warnings()
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
-    if cfg.get("metrics", "auto") not in ("auto", True, False):
+    if cfg.metrics not in ("auto", True, False):
         raise ValueError(f"metrics={cfg.metrics!r} is invalid: auto (FID and class accuracy on the digits), true or false")
     device = pick_device(cfg.device)
     built = build_from_checkpoint(cfg.ckpt_path)
@@ -104,11 +109,10 @@ def run(cfg: DictConfig) -> Path:
     np.savez_compressed(npz, x=x.numpy(), ckpt_path=str(cfg.ckpt_path),
                         sampler=OmegaConf.to_yaml(cfg.sampler), seed=cfg.seed, **extra)
     metrics = {"num_samples": len(x), "steps": sampler["steps"], **{k: sampler[k] for k in GUIDANCE_KEYS}}
-    if cfg.get("metrics", "auto"):
-        metrics.update(sample_metrics(module, built, x, labels, cfg, device))
+    if cfg.metrics:
+        metrics.update(fid_and_class_accuracy(module, built, x, labels, cfg, device))
     (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
-    print(f"{len(x)} samples from {cfg.ckpt_path}\n  grid: {grid}\n  array: {npz} (x in [-1, 1], "
-          f"shape {tuple(x.shape)}{', labels y' if labels is not None else ''})\n"
-          f"{format_table({k: v for k, v in metrics.items() if v is not None})}\n"
-          f"  metrics: {out / 'metrics.json'}", flush=True)
+    log.info("%d samples from %s\n  grid: %s\n  array: %s (x in [-1, 1], shape %s%s)\n%s\n  metrics: %s", len(x),
+             cfg.ckpt_path, grid, npz, tuple(x.shape), ", labels y" if labels is not None else "",
+             format_table({k: v for k, v in metrics.items() if v is not None}), out / "metrics.json")
     return npz

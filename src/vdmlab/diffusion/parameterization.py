@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vdmlab.diffusion.process import alpha_sigma, expand_like, posterior_coefficients
+from vdmlab.diffusion.process import alpha_sigma, expand_like, posterior_mean
 
 Denoiser = Callable[[Tensor, Tensor], "Prediction"]
 
@@ -69,12 +69,6 @@ def guidance_weight(logsnr: Tensor, guidance: float, logsnr_min: float | None, l
     if logsnr_max is not None:
         inside = inside & (logsnr <= logsnr_max)
     return inside.to(logsnr.dtype) * float(guidance)
-
-
-def posterior_mean_x(z_t: Tensor, x_hat: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
-    """Model posterior mean μθ(z_t; s, t) with x̂ in place of x, eqs. (3.59, 4.1)."""
-    a, b = posterior_coefficients(logsnr_s, logsnr_t)
-    return expand_like(a, z_t) * z_t + expand_like(b, z_t) * x_hat
 
 
 class Parameterization:
@@ -129,8 +123,8 @@ class Parameterization:
         return Prediction(eps_hat, x_hat)
 
     def posterior_mean(self, out: Tensor, z_t: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
-        """μθ(z_t; s, t) for this parameterization, Table 4.1 (through x̂, eq. 4.1)."""
-        return posterior_mean_x(z_t, self.to_x(out, z_t, logsnr_t), logsnr_s, logsnr_t)
+        """μθ(z_t; s, t) for this parameterization: eq. (3.47) with x̂ in place of x, eqs. (3.59, 4.1), Table 4.1."""
+        return posterior_mean(z_t, self.to_x(out, z_t, logsnr_t), logsnr_s, logsnr_t)
 
     def denoiser(
         self, net: nn.Module, clip_x: bool = False, cond=None, guidance: float = 0.0, null_cond=None,

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vdmlab.checks import check_float, check_int, check_positive
 from vdmlab.models.embeddings import (
     ClassEmbedding,
     LogSNREmbedding,
@@ -74,13 +75,17 @@ class MLP(nn.Module):
         super().__init__()
         if data_shape is not None:  # the datamodule's per-example shape; examples are flattened
             data_dim = math.prod(int(d) for d in data_shape)
-        if hidden < 1 or depth < 0:
-            raise ValueError(f"model.hidden must be >= 1 and model.depth >= 0, got {hidden} and {depth}")
+        hidden, depth, emb_dim = check_int("hidden", hidden, 1), check_int("depth", depth, 0), check_int("emb_dim", emb_dim, 1)
+        fourier_min_exp = check_int("fourier_min_exp", fourier_min_exp, optional=True)
+        fourier_max_exp = check_int("fourier_max_exp", fourier_max_exp, optional=True)
+        dropout = check_float("dropout", dropout, minimum=0.0, maximum=1.0, open_max=True)
+        max_logsnr = check_positive("max_logsnr", max_logsnr)
         self.data_dim = data_dim
         self.fourier_min_exp, self.fourier_max_exp = fourier_min_exp, fourier_max_exp
         in_dim = data_dim + num_fourier_channels(data_dim, fourier_min_exp, fourier_max_exp)
         self.embed = LogSNREmbedding(emb_dim, max_logsnr=max_logsnr)
-        self.num_classes = int(num_classes) if num_classes else None
+        self.num_classes = check_int("num_classes", num_classes, 1, optional=True,
+                                     reason="null (unconditional; filled from the dataset) or an integer >= 1")
         self.class_embed = ClassEmbedding(self.num_classes, emb_dim) if self.num_classes else None
         self.inp = nn.Linear(in_dim, hidden)
         self.blocks = nn.ModuleList(MLPBlock(hidden, emb_dim, dropout) for _ in range(depth))
