@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from test_evaluation import validate_single_and_ddp
 from torch import nn
 
+from vdmlab.analysis.compare import compare
 from vdmlab.cli.build import build_from_checkpoint, build_run
-from vdmlab.cli.compare import compare
 from vdmlab.cli.evaluate import run as eval_run
 from vdmlab.cli.sample import run as sample_run
 from vdmlab.cli.train import run as train_run
@@ -266,7 +266,7 @@ def conditional_run(tmp_path_factory):
 
 def cfg_metrics(out: Path) -> dict[str, float]:
     """The last logged value of every key of the run's CSV log."""
-    from vdmlab.cli.compare import read_metrics
+    from vdmlab.analysis.compare import read_metrics
 
     return read_metrics(next(out.rglob("metrics.csv")))[0]
 
