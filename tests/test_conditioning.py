@@ -4,6 +4,7 @@ labelled data, networks, a real conditional fit on the digits, DDP, checkpoints 
 
 import inspect
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,25 @@ def test_the_loss_and_the_elbo_pass_cond_to_the_network(param):
     likelihood.negative_elbo(x.clamp(-1, 1), net=net, schedule=schedule, parameterization=param, num_levels=17,
                              num_samples=2, generator=gen, cond=labels)
     assert_all_cond(net.seen, labels)
+
+
+def test_bpd_step_and_ode_likelihood_pass_the_batch_labels_to_the_network():
+    from vdmlab.diffusion import ode_likelihood as OL
+    from vdmlab.metrics.bpd import BPD_TERMS, BitsPerDim, update_bpd
+    from vdmlab.metrics.ode_bpd import evaluate_ode_bpd
+
+    net, (z, _, labels) = RecordingNet(), draw()
+    x = z.clamp(-1, 1)
+    schedule, param = S.LinearSchedule(-5.0, 10.0), PZ.EpsParameterization()
+    metrics = {term: BitsPerDim() for term in BPD_TERMS}
+    update_bpd(metrics, x, net=net, schedule=schedule, parameterization=param, num_levels=17, num_samples=1,
+               timesteps=None, generator=torch.Generator().manual_seed(0), cond=labels)
+    assert_all_cond(net.seen, labels)
+    net.seen.clear()
+    result = evaluate_ode_bpd(net, schedule, param, [(torch.arange(B), x, labels)], 17, solver=OL.HeunSolver(2),
+                              divergence=OL.ExactDivergence(), dequantization=OL.UniformDequantization())
+    assert_all_cond(net.seen, labels)  # the ODE of p(x|y): the true labels on every network call
+    assert math.isfinite(result["ode_bpd"])
 
 
 @pytest.mark.parametrize("fn", samplers(), ids=lambda f: f.__name__)
