@@ -103,15 +103,20 @@ def small_module():
                            optimizer=partial(torch.optim.AdamW, lr=1e-3), eval_num_samples=2)
 
 
-@pytest.mark.slow
-def test_bits_per_dim_under_ddp_equals_single_process():
+def validate_single_and_ddp(make_module, make_datamodule) -> dict[int, dict[str, float]]:
+    """``trainer.validate`` metrics of fresh modules in one process and on 2 DDP CPU ranks, keyed by the rank count."""
     results = {}
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                             enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
                             use_distributed_sampler=False)
-        datamodule = SevenValDigits(batch_size=128, eval_batch_size=3, num_workers=0)
-        results[devices] = trainer.validate(small_module(), datamodule=datamodule, verbose=False)[0]
+        results[devices] = trainer.validate(make_module(), datamodule=make_datamodule(), verbose=False)[0]
+    return results
+
+
+@pytest.mark.slow
+def test_bits_per_dim_under_ddp_equals_single_process():
+    results = validate_single_and_ddp(small_module, lambda: SevenValDigits(batch_size=128, eval_batch_size=3, num_workers=0))
     assert results[2]["val/bpd"] == pytest.approx(results[1]["val/bpd"], rel=1e-6)
     assert results[2]["val/bpd_se"] == pytest.approx(results[1]["val/bpd_se"], rel=1e-5)
 

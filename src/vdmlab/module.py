@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from vdmlab import seeds
 from vdmlab.checks import ParameterError, check_bool, check_float, check_int
-from vdmlab.data.base import split_index_batch
+from vdmlab.data.base import split_batch
 from vdmlab.diffusion import likelihood
 from vdmlab.diffusion.losses import LossTerms, diffusion_loss, low_discrepancy_times
 from vdmlab.diffusion.parameterization import Parameterization
@@ -36,6 +36,8 @@ from vdmlab.metrics.fid import (
 )
 from vdmlab.optim import EMA
 
+#: the sampler group's classifier-free guidance keys (class-conditional models): weight and λ interval
+GUIDANCE_KEYS = ("guidance", "guidance_logsnr_min", "guidance_logsnr_max")
 FID_KEYS = ("every_n_epochs", "num_samples", "feature", "inception_path", "steps", "batch_size", "repeats", "floor",
             "stats_dir")
 
@@ -45,7 +47,8 @@ _UNSET: Any = object()  # an argument not given to check_module_arguments (its c
 
 def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, ema_warmup: Any = _UNSET,
                            eval_num_samples: Any = _UNSET, seed: Any = _UNSET, nonfinite_patience: Any = _UNSET,
-                           compile: Any = _UNSET, channels_last: Any = _UNSET, sampler: Any = None, fid: Any = None,
+                           compile: Any = _UNSET, channels_last: Any = _UNSET, p_uncond: Any = _UNSET,
+                           num_classes: Any = _UNSET, sampler: Any = None, fid: Any = None,
                            data_shape: Any = None, num_levels: Any = None, **others: Any) -> None:
     """Check the DiffusionModule's own arguments (``DiffusionModule.__init__`` and start-up validation call it);
     arguments not given are not checked (this states no defaults: those are the module's, equal to conf/'s).
@@ -69,10 +72,13 @@ def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, 
               "seed": lambda v: check_int("seed", v),
               "nonfinite_patience": lambda v: check_int("nonfinite_patience", v, 1),
               "compile": lambda v: check_bool("compile", v),
-              "channels_last": lambda v: check_bool("channels_last", v)}
+              "channels_last": lambda v: check_bool("channels_last", v),
+              "p_uncond": lambda v: check_float("p_uncond", v, minimum=0.0, maximum=1.0, open_max=True),
+              "num_classes": lambda v: check_int("num_classes", v, 1, optional=True,
+                                                 reason="null (unconditional) or a number of classes >= 1")}
     given = {"timesteps": timesteps, "ema_decay": ema_decay, "ema_warmup": ema_warmup,
              "eval_num_samples": eval_num_samples, "seed": seed, "nonfinite_patience": nonfinite_patience,
-             "compile": compile, "channels_last": channels_last}
+             "compile": compile, "channels_last": channels_last, "p_uncond": p_uncond, "num_classes": num_classes}
     for name, value in given.items():
         if value is not _UNSET:
             checks[name](value)
@@ -84,6 +90,13 @@ def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, 
         if not (sampler.get("schedule") is None or isinstance(sampler["schedule"], Schedule)):
             raise ParameterError("sampler.schedule", sampler["schedule"], "null (the training schedule) or a schedule "
                                  "config (sampling_schedule=...)")
+        if sampler.get("guidance") is not None:  # absent in configs older than classifier-free guidance: none
+            check_float("sampler.guidance", sampler["guidance"])
+        lo = check_float("sampler.guidance_logsnr_min", sampler.get("guidance_logsnr_min"), optional=True)
+        hi = check_float("sampler.guidance_logsnr_max", sampler.get("guidance_logsnr_max"), optional=True)
+        if lo is not None and hi is not None and lo > hi:
+            raise ParameterError(("sampler.guidance_logsnr_min", "sampler.guidance_logsnr_max"), (lo, hi),
+                                 "the guidance interval needs guidance_logsnr_min <= guidance_logsnr_max")
     if fid is not None:
         missing = [key for key in FID_KEYS if key not in fid]
         if missing:
@@ -122,7 +135,8 @@ class DiffusionModule(L.LightningModule):
         timesteps: None for continuous time, else the number of discrete steps T (eq. A.38).
         ema_decay, ema_warmup: EMA of the weights used for evaluation and sampling.
         eval_num_samples: λ draws per example for val/test bits/dim.
-        sampler: ``{"fn": sampler function, "steps": int, "clip_x": bool, "schedule": Schedule | None}`` for
+        sampler: ``{"fn": sampler function, "steps": int, "clip_x": bool, "schedule": Schedule | None}`` and,
+            for conditional models, ``"guidance"``, ``"guidance_logsnr_min"``/``"_max"`` for
             sample grids and FID (the sampler group); None: ``sample`` then needs ``sampler`` and ``steps``.
         fid: None (no FID) or ``{"every_n_epochs", "num_samples", "feature", "inception_path", "steps",
             "batch_size"}`` (all keys; conf/train.yaml's ``fid``): val/fid every k epochs against the val split
@@ -135,6 +149,11 @@ class DiffusionModule(L.LightningModule):
             those of the plain module).
         channels_last: keep image denoisers and batches in channels-last memory format (faster convs on GPUs).
         run_config: the resolved run config, stored in checkpoints so eval/sample can rebuild the run.
+        num_classes: None (unconditional) or the number of classes of a class-conditional model, whose batches
+            carry labels ``y`` (``dataset.conditional=true``); the null class ∅ is ``num_classes``. Evaluation
+            then reports bits/dim of p(x|y) (``bpd``) and of p(x) with ∅ (``bpd_uncond``) from the same model.
+        p_uncond: label dropout of classifier-free guidance: each training label is replaced by ∅ with this
+            probability (drawn from the training-noise generator, so a resumed run stays exact).
     """
 
     def __init__(
@@ -159,12 +178,16 @@ class DiffusionModule(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         run_config: dict | None = None,
+        num_classes: int | None = None,
+        p_uncond: float = 0.0,
     ):
         check_module_arguments(timesteps=timesteps, ema_decay=ema_decay, ema_warmup=ema_warmup,
                                eval_num_samples=eval_num_samples, seed=seed, nonfinite_patience=nonfinite_patience,
-                               compile=compile, channels_last=channels_last, sampler=sampler, fid=fid,
-                               data_shape=data_shape, num_levels=num_levels)
+                               compile=compile, channels_last=channels_last, p_uncond=p_uncond,
+                               num_classes=num_classes, sampler=sampler, fid=fid, data_shape=data_shape,
+                               num_levels=num_levels)
         super().__init__()
+        self.num_classes, self.p_uncond = (int(num_classes) if num_classes else None), float(p_uncond)
         self.net, self.schedule = net, schedule
         self.weighting, self.parameterization = weighting, parameterization
         self.num_levels, self.data_shape = int(num_levels), tuple(int(d) for d in data_shape)
@@ -186,6 +209,8 @@ class DiffusionModule(L.LightningModule):
         # per-term bits/dim, each example counted once under DDP (indices from the evaluation loaders)
         self.bpd_metrics = nn.ModuleDict({f"{stage}_{term}": BitsPerDim(self.data_dim)
                                           for stage in ("val", "test") for term in BPD_TERMS})
+        if self.num_classes is not None:  # p(x) of the same model, with the null label
+            self.bpd_metrics.update({f"{stage}_bpd_uncond": BitsPerDim(self.data_dim) for stage in ("val", "test")})
         self.fid_config = None if fid is None else dict(fid)
         if self.fid_config is not None:
             feature = fid_feature(self.fid_config["feature"], self.data_shape, self.num_levels)
@@ -231,14 +256,60 @@ class DiffusionModule(L.LightningModule):
             )
         return x
 
-    def loss_terms(self, x: Tensor, generator: torch.Generator | None = None, net: nn.Module | None = None) -> LossTerms:
-        """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch."""
+    def _check_labels(self, y: Tensor | None) -> Tensor | None:
+        """The batch's labels, checked against the model: conditional models need them, unconditional ones take none."""
+        if self.num_classes is None and y is not None:
+            raise ValueError(
+                "the batches carry class labels but the model is unconditional; build it from the datamodule "
+                "(python train.py dataset.conditional=true fills model.num_classes) or set dataset.conditional=false"
+            )
+        if self.num_classes is not None and y is None:
+            raise ValueError(
+                f"the model is class-conditional ({self.num_classes} classes) but the batches carry no labels; "
+                f"set dataset.conditional=true"
+            )
+        return y
+
+    def null_labels(self, like: Tensor) -> Tensor:
+        """The null class ∅ (index ``num_classes``) for every example of a label batch."""
+        return torch.full_like(like, self.num_classes)
+
+    def balanced_labels(self, indices) -> Tensor:
+        """Labels ``i mod num_classes`` for sample indices i: every class equally often (FID, sample grids)."""
+        return torch.as_tensor(list(indices), dtype=torch.long, device=self.device) % self.num_classes
+
+    def check_label_values(self, labels: Tensor | None) -> Tensor | None:
+        """Labels for sampling, checked: a conditional model needs them, in [0, num_classes); others take none."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    "this checkpoint is an unconditional model: it takes no labels; drop label=/labels= "
+                    "(or train a class-conditional model with dataset.conditional=true)"
+                )
+            return None
+        if labels is None:
+            raise ValueError(
+                f"this checkpoint is a class-conditional model ({self.num_classes} classes): give the labels to "
+                f"sample, e.g. python sample.py label=3 or labels=all"
+            )
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.numel():
+            raise ValueError(
+                f"label {int(bad[0])} is outside [0, {self.num_classes}): this model has classes "
+                f"0..{self.num_classes - 1}; use label=0..{self.num_classes - 1} or labels=all"
+            )
+        return labels
+
+    def loss_terms(self, x: Tensor, generator: torch.Generator | None = None, net: nn.Module | None = None,
+                   cond: Tensor | None = None) -> LossTerms:
+        """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch, conditioned on ``cond`` (labels)."""
         t = self.time_sampler(x.shape[0], generator=generator, device=x.device)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         net = self.net if net is None else net  # not `net or self.net`: a compiled module has no truth value
         return diffusion_loss(
             x, t.to(x.dtype), eps, net=net, schedule=self.schedule, weighting=self.weighting,
-            parameterization=self.parameterization, timesteps=self.timesteps,
+            parameterization=self.parameterization, timesteps=self.timesteps, cond=cond,
         )
 
     def _endpoint_terms(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -258,10 +329,14 @@ class DiffusionModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(self.seed + seeds.LOG_STEP_STRIDE * (self.global_step + 1))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        x = self._check_shape(batch)
+        _, x, y = split_batch(batch)
+        x, y = self._check_shape(x), self._check_labels(y)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        terms = self.loss_terms(x, self.noise_generator, self._train_net)
+        if y is not None and self.p_uncond > 0:  # label dropout: the same net learns p(x) under ∅
+            drop = torch.rand(y.shape, generator=self.noise_generator, device=y.device) < self.p_uncond
+            y = torch.where(drop, self.null_labels(y), y)
+        terms = self.loss_terms(x, self.noise_generator, self._train_net, cond=y)
         self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
         loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: on_before_optimizer_step skips the step
         trained_ends = self.schedule.trainable_endpoints
@@ -313,19 +388,24 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def _evaluation_step(self, batch: Any, batch_idx: int, stage: str) -> None:
-        index, x = split_index_batch(batch)
-        x = self._check_shape(x)
-        update_bpd({term: self.bpd_metrics[f"{stage}_{term}"] for term in BPD_TERMS}, x, net=self.ema.net,
-                   schedule=self.schedule, parameterization=self.parameterization, num_levels=self.num_levels,
-                   num_samples=self.eval_num_samples, timesteps=self.timesteps,
-                   generator=self._eval_generator(batch_idx, stage), index=index, example_ids=index,
-                   seed=self._stage_seed(stage))
-        loss = self.loss_terms(x, self._eval_generator(batch_idx, stage), self.ema.net).loss.mean()
+        index, x, y = split_batch(batch)
+        x, y = self._check_shape(x), self._check_labels(y)
+        evaluate = dict(net=self.ema.net, schedule=self.schedule, parameterization=self.parameterization,
+                        num_levels=self.num_levels, num_samples=self.eval_num_samples, timesteps=self.timesteps,
+                        index=index, example_ids=index, seed=self._stage_seed(stage))
+        update_bpd({term: self.bpd_metrics[f"{stage}_{term}"] for term in BPD_TERMS}, x,
+                   generator=self._eval_generator(batch_idx, stage), cond=y, **evaluate)  # -log p(x|y) when conditional
+        if y is not None:  # -log p(x) of the same model: the null label, same noise
+            update_bpd({"bpd": self.bpd_metrics[f"{stage}_bpd_uncond"]}, x, generator=self._eval_generator(batch_idx, stage),
+                       cond=self.null_labels(y), terms=("bpd",), **evaluate)
+        loss = self.loss_terms(x, self._eval_generator(batch_idx, stage), self.ema.net, cond=y).loss.mean()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
     def _log_evaluation(self, stage: str) -> None:
         """Log the exact (deduplicated, all-rank) bits/dim terms and the standard error of the total."""
-        for term in BPD_TERMS:
+        for term in (*BPD_TERMS, "bpd_uncond"):
+            if f"{stage}_{term}" not in self.bpd_metrics:
+                continue
             metric = self.bpd_metrics[f"{stage}_{term}"]
             if not metric.update_called:
                 continue
@@ -359,10 +439,20 @@ class DiffusionModule(L.LightningModule):
     def compute_fid(self, metric: FIDMetric, num_samples: int, steps: int, batch_size: int = 500,
                     repeat: int = 0) -> dict[str, float]:
         """Feed this rank's share of ``num_samples`` fresh EMA samples (sample seed ``repeat``) to ``metric`` and
-        compute FID (collective)."""
+        compute FID (collective).
+
+        A conditional model draws every class equally often (sample i gets label i mod C) with the sampler's
+        guidance; on the digits the result also holds ``class_acc``, the fraction of samples that the shipped
+        digits classifier assigns to the label they were drawn for.
+        """
         generator = torch.Generator(device=self.device).manual_seed(
             self.seed + seeds.FID_RANK_STRIDE * self.global_rank + 1 + seeds.FID_REPEAT_STRIDE * repeat)
-        return sample_fid(metric, lambda n: self.sample(n, steps=steps, generator=generator), num_samples, batch_size)
+        if self.num_classes is None:
+            return sample_fid(metric, lambda n: self.sample(n, steps=steps, generator=generator), num_samples,
+                              batch_size)
+        return sample_fid(metric, lambda n, y: self.sample(n, steps=steps, generator=generator, labels=y),
+                          num_samples, batch_size, labels=self.balanced_labels,
+                          classifier=getattr(metric.extractor, "classifier", None))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -373,16 +463,30 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, num: int, steps: int | None = None, sampler: Callable | None = None, clip_x: bool | None = None,
-               schedule: Schedule | None = None, generator: torch.Generator | None = None) -> Tensor:
+               schedule: Schedule | None = None, generator: torch.Generator | None = None,
+               labels: Tensor | None = None, guidance: float | None = None) -> Tensor:
         """Draw ``num`` samples with the EMA weights, decoded to the K data levels; arguments left None come from
-        the module's ``sampler`` (the sampler group)."""
+        the module's ``sampler`` (the sampler group).
+
+        A class-conditional model needs ``labels`` ``[num]`` and is guided with weight ``guidance`` (default: the
+        sampler's ``guidance``; 0 is the plain conditional model), only for λ in the sampler's guidance interval.
+        """
         configured = self.sampler or {}
         fn, steps = sampler or configured.get("fn"), steps or configured.get("steps")
         clip = configured.get("clip_x") if clip_x is None else clip_x
         if fn is None or steps is None or clip is None:
             raise ValueError("this DiffusionModule was built without a sampler: pass sample(..., sampler=, steps=, "
                              "clip_x=) or build it with sampler={'fn', 'steps', 'clip_x', 'schedule'} (conf/sampler/)")
-        denoise = self.parameterization.denoiser(self.ema.net, clip_x=bool(clip))
+        labels = self.check_label_values(labels)
+        if labels is not None and labels.shape != (num,):
+            raise ValueError(f"{num} samples asked for with {labels.numel()} labels: give one label per sample")
+        guidance = float(configured.get("guidance") or 0.0) if guidance is None else float(guidance)
+        denoise = self.parameterization.denoiser(
+            self.ema.net, clip_x=bool(clip), cond=labels, guidance=guidance,
+            null_cond=None if labels is None else self.null_labels(labels),
+            guidance_logsnr_min=configured.get("guidance_logsnr_min"),
+            guidance_logsnr_max=configured.get("guidance_logsnr_max"),
+        )
         grid = logsnr_grid(schedule or configured.get("schedule") or self.schedule, int(steps), device=self.device)
         return generate(denoise, fn, grid, (num, *self.data_shape), self.num_levels, generator=generator,
                         device=self.device)
@@ -404,6 +508,7 @@ class DiffusionModule(L.LightningModule):
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "num_levels": self.num_levels,
             "data_shape": list(self.data_shape),
+            "num_classes": self.num_classes,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

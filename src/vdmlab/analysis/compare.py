@@ -5,11 +5,16 @@ log ``csv/metrics.csv``. The values are the last logged value of each key, which
 the run's summary. Writes into the folder ``compare.md`` and ``compare.csv`` (weighting, monotonic, final val/bpd,
 test/bpd, FID with its sample count, steps, minutes) and two plots: ``compare_fid_vs_bpd.png`` (coloured by
 monotonicity; says so when no run logged FID) and ``compare_val_bpd.png`` (the val/bpd curves of all runs).
+
+A sweep of ``python sample.py -m ... sampler.guidance=0,1,2,4`` (runs with a ``metrics.json`` that holds the
+guidance weight) is compared on guidance instead: the table lists FID (with its sample count) and the class
+accuracy of the samples per guidance weight, and ``compare_guidance.png`` plots both against the weight.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +110,11 @@ def read_run(run_dir: Path, name: str) -> RunSummary:
     if metrics_csv.is_file():
         summary.metrics, summary.curves, summary.steps = read_metrics(metrics_csv)
         summary.minutes = (metrics_csv.stat().st_mtime - (meta / "config.yaml").stat().st_mtime) / 60
+    metrics_json = run_dir / "metrics.json"  # written by sample.py and eval.py
+    if metrics_json.is_file():
+        values = json.loads(metrics_json.read_text())
+        summary.metrics.update({k: float(v) for k, v in values.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return summary
 
 
@@ -216,6 +226,79 @@ def plot_val_bpd(runs: list[RunSummary], path: Path) -> Path:
     return path
 
 
+GUIDANCE_COLUMNS = ("run", "guidance", "fid", "fid_n", "class_acc", "guidance_logsnr_min", "guidance_logsnr_max",
+                    "steps", "num_samples", "overrides")
+
+
+def guidance_rows(runs: list[RunSummary]) -> list[dict[str, object]]:
+    """One row per sample run, sorted by guidance weight."""
+    rows = []
+    for r in sorted(runs, key=lambda r: r.metrics["guidance"]):
+        m = r.metrics
+        rows.append({"run": r.run, **{k: m.get(k) for k in GUIDANCE_COLUMNS[1:-1]}, "overrides": " ".join(r.overrides)})
+        for key in ("fid_n", "steps", "num_samples"):
+            rows[-1][key] = None if rows[-1][key] is None else int(rows[-1][key])
+    return rows
+
+
+def guidance_markdown(rows: list[dict[str, object]]) -> str:
+    """The guidance comparison as a markdown table."""
+    header = ["guidance w", "FID (n)", "class accuracy", "guidance λ interval", "steps", "run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        fid = "n/a" if row["fid"] is None else f"{row['fid']:.2f} ({_cell(row['fid_n'])})"
+        acc = "n/a" if row["class_acc"] is None else f"{100 * row['class_acc']:.1f} %"
+        lo, hi = row["guidance_logsnr_min"], row["guidance_logsnr_max"]
+        interval = "all" if lo is None and hi is None else f"[{_cell(lo)}, {_cell(hi)}]"
+        lines.append("| " + " | ".join([f"{row['guidance']:g}", fid, acc, interval, _cell(row["steps"]), row["run"]]) + " |")
+    notes = ["", "FID: of the samples against the split's images, in the features the run names (digits classifier on "
+             "8x8 digits); class accuracy: the fraction of samples that the shipped digits classifier assigns to the "
+             "label they were drawn for (n/a off the digits or without labels)."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def plot_guidance(rows: list[dict[str, object]], path: Path) -> Path:
+    """FID (left axis) and class accuracy (right axis) against the guidance weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    w = [row["guidance"] for row in rows]
+    fid = [(g, row["fid"]) for g, row in zip(w, rows) if row["fid"] is not None]
+    if fid:
+        ax.plot(*zip(*fid), marker="o", color="tab:blue", label="FID")
+    n = sorted({row["fid_n"] for row in rows if row["fid_n"] is not None})
+    ax.set(xlabel="guidance weight w", ylabel=f"FID@{'/'.join(map(str, n)) or '?'}", title="classifier-free guidance")
+    ax.tick_params(axis="y", colors="tab:blue")
+    acc = [(g, 100 * row["class_acc"]) for g, row in zip(w, rows) if row["class_acc"] is not None]
+    if acc:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*acc), marker="s", color="tab:orange", label="class accuracy")
+        ax2.set_ylabel("class accuracy of samples (%)")
+        ax2.tick_params(axis="y", colors="tab:orange")
+    if not fid and not acc:
+        ax.text(0.5, 0.5, "no FID or class accuracy in the runs' metrics.json", transform=ax.transAxes, ha="center")
+    fig.legend(loc="upper center", fontsize=8, ncol=2, bbox_to_anchor=(0.5, 0.9))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def compare_guidance(runs: list[RunSummary], sweep_dir: Path, out: Path) -> dict[str, Path]:
+    """Table (markdown and CSV) and plot of a sample.py sweep over the guidance weight."""
+    rows = guidance_rows(runs)
+    (out / "compare.md").write_text(f"# Compare guidance: {sweep_dir.name}\n\n{guidance_markdown(rows)}")
+    with open(out / "compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=GUIDANCE_COLUMNS)
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+    return {"markdown": out / "compare.md", "csv": out / "compare.csv",
+            "guidance": plot_guidance(rows, out / "compare_guidance.png")}
+
+
 def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write the table (markdown and CSV) and the two plots for the runs below ``sweep_dir``; returns their paths."""
     sweep_dir = Path(sweep_dir).resolve()
@@ -226,6 +309,9 @@ def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
         raise FileNotFoundError(f"no runs below {sweep_dir}: no .hydra/config.yaml found (is it a train.py output folder?)")
     out = Path(out_dir) if out_dir else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
+    sampled = [r for r in runs if "guidance" in r.metrics]  # a sample.py sweep
+    if sampled:
+        return compare_guidance(sampled, sweep_dir, out)
     (out / "compare.md").write_text(f"# Compare: {sweep_dir.name}\n\n{markdown_table(runs)}")
     return {
         "markdown": out / "compare.md",

@@ -34,6 +34,15 @@ def save_samples(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
     return path
 
 
+def class_rows(num_classes: int | None, num_samples: int, device=None) -> tuple[Tensor | None, int | None]:
+    """Labels for a grid with a row per class (``num_samples // num_classes`` columns, at least 1) and the row
+    length; ``(None, None)`` for an unconditional model."""
+    if not num_classes:
+        return None, None
+    per_class = max(1, num_samples // num_classes)
+    return torch.arange(num_classes, device=device).repeat_interleave(per_class), per_class
+
+
 def log_image(trainer: L.Trainer, key: str, path: Path) -> None:
     """Send a PNG to every logger that takes images (W&B, TensorBoard); others keep the file on disk."""
     for logger in trainer.loggers:
@@ -46,7 +55,8 @@ def log_image(trainer: L.Trainer, key: str, path: Path) -> None:
 
 
 class SampleGrid(L.Callback):
-    """Every ``every_n_epochs`` validations (and at the end of training) draw EMA samples and save a grid."""
+    """Every ``every_n_epochs`` validations (and at the end of training) draw EMA samples and save a grid; for a
+    class-conditional model one row per class (with the sampler's guidance)."""
 
     def __init__(self, every_n_epochs: int = 25, num_samples: int = 64, seed: int = 0, dirname: str = "samples"):
         if every_n_epochs < 1 or num_samples < 1:
@@ -58,8 +68,9 @@ class SampleGrid(L.Callback):
         if not trainer.is_global_zero:
             return
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        x = pl_module.sample(self.num_samples, generator=generator)
-        self.last_path = save_samples(x, Path(trainer.default_root_dir) / self.dirname / f"{name}.png")
+        labels, nrow = class_rows(getattr(pl_module, "num_classes", None), self.num_samples, pl_module.device)
+        x = pl_module.sample(self.num_samples if labels is None else len(labels), generator=generator, labels=labels)
+        self.last_path = save_samples(x, Path(trainer.default_root_dir) / self.dirname / f"{name}.png", nrow=nrow)
         log_image(trainer, "samples", self.last_path)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

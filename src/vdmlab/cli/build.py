@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vdmlab.cli.checkpoints import CheckpointError, load_checkpoint
 from vdmlab.data.base import DiffusionDataModule
@@ -23,14 +23,32 @@ class Run:
 
 
 def build_sampler(cfg: DictConfig) -> dict[str, Any]:
-    """The sampler group: the sampler function, its number of steps, x̂ clipping and an optional sampling schedule."""
+    """The sampler group: the sampler function, its number of steps, x̂ clipping, an optional sampling schedule and
+    the classifier-free guidance weight and λ interval (conditional models; absent in configs older than them: 0)."""
     schedule = cfg.sampler.get("schedule")
     return {
         "fn": instantiate(cfg.sampler.fn),
         "steps": cfg.sampler.steps,  # checked by the module (vdmlab.module.check_module_arguments)
         "clip_x": cfg.sampler.clip_x,
         "schedule": instantiate(schedule) if schedule else None,
+        "guidance": cfg.sampler.get("guidance"),  # checked by the module too; None (an older config): no guidance
+        "guidance_logsnr_min": cfg.sampler.get("guidance_logsnr_min"),
+        "guidance_logsnr_max": cfg.sampler.get("guidance_logsnr_max"),
     }
+
+
+def fill_num_classes(cfg: DictConfig, num_classes: int | None) -> None:
+    """Set ``model.num_classes`` from the datamodule (None: unconditional); a different explicit value is an error."""
+    given = cfg.model.get("num_classes")
+    if given and given != num_classes:
+        raise ValueError(
+            f"model.num_classes={given} but the dataset gives "
+            f"{'no labels (dataset.conditional=false)' if num_classes is None else f'{num_classes} classes'}; "
+            f"leave model.num_classes unset: it is filled from the dataset (dataset.conditional=true)"
+        )
+    if "num_classes" in cfg.model or num_classes is not None:  # custom nets without the argument stay untouched
+        with open_dict(cfg):
+            cfg.model.num_classes = num_classes
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -41,6 +59,7 @@ def resolved_config(cfg: DictConfig) -> dict:
 def build_run(cfg: DictConfig) -> Run:
     """Instantiate the datamodule (no data is read yet) and a DiffusionModule sized for it."""
     datamodule = instantiate(cfg.dataset)
+    fill_num_classes(cfg, datamodule.num_classes)
     net = instantiate(cfg.model, data_shape=datamodule.data_shape)
     module = instantiate(
         cfg.module,
@@ -50,6 +69,7 @@ def build_run(cfg: DictConfig) -> Run:
         parameterization=instantiate(cfg.parameterization),
         num_levels=datamodule.num_levels,
         data_shape=datamodule.data_shape,
+        num_classes=datamodule.num_classes,
         sampler=build_sampler(cfg),
         fid=OmegaConf.to_container(cfg.fid, resolve=True) if cfg.get("fid") else None,
         seed=cfg.seed,

@@ -29,12 +29,12 @@ log = logging.getLogger("vdmlab")
 
 
 def split_loader(datamodule, split: str) -> DataLoader:
-    """An unshuffled loader of ``(index, x)`` over one split."""
+    """An unshuffled loader of ``(index, x)`` over one split, ``(index, x, y)`` for a conditional datamodule."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is invalid: choose one of {', '.join(SPLITS)}")
     datamodule.setup()
-    dataset = getattr(datamodule, f"{split}_set")
-    return DataLoader(UniqueIndexDataset(dataset), batch_size=datamodule.eval_batch_size, shuffle=False)
+    return DataLoader(UniqueIndexDataset(datamodule.split_dataset(split)), batch_size=datamodule.eval_batch_size,
+                      shuffle=False)
 
 
 def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.device) -> dict[str, float]:
@@ -105,7 +105,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
                            num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
                            device=device, seed=int(cfg.seed))
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in bpd.items()})
-    if "ode" in likelihoods:
+        if module.num_classes is not None:  # p(x) of the same conditional model, with the null label (same noise)
+            uncond = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
+                                  num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps,
+                                  generator=torch.Generator(device=device).manual_seed(cfg.seed), device=device,
+                                  seed=int(cfg.seed), null_class=module.num_classes)
+            metrics.update({f"{cfg.split}/bpd_uncond": uncond["bpd"], f"{cfg.split}/bpd_uncond_se": uncond["bpd_se"]})
+    if "ode" in likelihoods:  # of p(x|y) with the true labels for a conditional model
         ode = evaluate_ode(module, loader.dataset.dataset, cfg.ode, loader.batch_size, device, int(cfg.seed))
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in ode.items()})
     if cfg.get("fid"):

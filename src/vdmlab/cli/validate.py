@@ -20,7 +20,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from vdmlab.checks import ParameterError, check_bool, check_float, check_int
 from vdmlab.diffusion.sampling import checked_sampler
-from vdmlab.module import check_module_arguments
+from vdmlab.module import GUIDANCE_KEYS, check_module_arguments
 
 #: the DiffusionModule arguments that are built objects or partials, checked when they are built
 MODULE_OBJECTS = ("_target_", "optimizer", "lr_scheduler", "time_sampler")
@@ -77,6 +77,7 @@ def validate_config(cfg: DictConfig) -> None:
     if datamodule is not None:
         attempt("dataset.", datamodule.check_location)
         attempt("", lambda: check_preset(cfg, datamodule.data_shape, datamodule.num_levels))
+        attempt("dataset.", lambda: datamodule.num_classes)  # conditional=true needs a dataset with labels
         attempt("model.", lambda: instantiate(cfg.model, data_shape=datamodule.data_shape))
     for group in ("schedule", "weighting", "parameterization"):
         attempt(f"{group}.", lambda group=group: instantiate(cfg[group]))
@@ -85,7 +86,7 @@ def validate_config(cfg: DictConfig) -> None:
         schedule = attempt("sampler.schedule.", lambda: instantiate(cfg.sampler.schedule))
     attempt("sampler.", lambda: check_module_arguments(sampler={
         "fn": checked_sampler(instantiate(cfg.sampler.fn)), "steps": cfg.sampler.get("steps"),
-        "clip_x": cfg.sampler.get("clip_x"), "schedule": schedule}))
+        "clip_x": cfg.sampler.get("clip_x"), "schedule": schedule, **{key: cfg.sampler.get(key) for key in GUIDANCE_KEYS}}))
     module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
     attempt("module.", lambda: check_module_arguments(**module))
     attempt("", lambda: check_module_arguments(  # fid.* keys are named in full

@@ -4,7 +4,12 @@ Every dataset lives on a K-level grid in [-1, 1]: level k ∈ {0, …, K-1} is t
 (for 8-bit images K = 256, x = 2·pixel/255 - 1); the grid's formulas (``levels_to_values``, ``values_to_levels``)
 belong to the likelihood, :mod:`vdmlab.diffusion.likelihood`, whose decoder puts its K logits on the same points.
 ``num_levels`` (K) and ``data_shape`` are known right after ``__init__`` so that the model can be built before
-``setup``; datasets yield one float32 tensor of shape ``data_shape`` per item (no labels, no tuples).
+``setup``; datasets yield one float32 tensor of shape ``data_shape`` per item.
+
+Class labels, for class-conditional models, come with the batches only when asked (``conditional=True``,
+``dataset.conditional=true``): training batches are then ``(x, y)`` and evaluation batches ``(index, x, y)``
+instead of ``x`` and ``(index, x)``; :func:`split_batch` splits any of these forms. ``num_classes`` is known
+after ``__init__`` (None for unconditional data).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from vdmlab.checks import check_bool, check_int
+from vdmlab.checks import ParameterError, check_bool, check_int
 from vdmlab.diffusion.likelihood import levels_to_values, values_to_levels  # noqa: F401 - the grid, re-exported
 from vdmlab.distributed import rank_and_world
 
@@ -59,8 +64,34 @@ class LevelDataset(Dataset):
         return levels_to_values(self.levels[torch.as_tensor(indices, dtype=torch.long)], self.num_levels)
 
 
+class StackedBatch(tuple):
+    """A batch that a dataset's ``__getitems__`` already stacked, e.g. ``(x, y)``: passed through by the collate."""
+
+
+class LabelledDataset(Dataset):
+    """Wraps a dataset of x with a label tensor ``[N]``: item i is ``(x_i, y_i)``."""
+
+    def __init__(self, dataset: Dataset, labels: Tensor):
+        if len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} labels for a dataset of {len(dataset)} examples")
+        self.dataset, self.labels = dataset, torch.as_tensor(labels, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]):
+        """A whole batch ``(x, y)`` at once when the wrapped dataset stacks batches itself."""
+        if not hasattr(self.dataset, "__getitems__"):
+            return [self[i] for i in indices]
+        return StackedBatch((self.dataset.__getitems__(indices), self.labels[torch.as_tensor(indices, dtype=torch.long)]))
+
+
 class UniqueIndexDataset(Dataset):
-    """Wraps a dataset so that item i is ``(i, dataset[i])``: the index lets metrics drop DDP padding duplicates."""
+    """Wraps a dataset so that item i is ``(i, dataset[i])``, or ``(i, x_i, y_i)`` for a labelled one: the index
+    lets metrics drop DDP padding duplicates."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -69,14 +100,29 @@ class UniqueIndexDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        return index, self.dataset[index]
+        item = self.dataset[index]
+        return (index, *item) if isinstance(item, tuple) else (index, item)
+
+
+def split_batch(batch) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """``(index, x, y)`` from any batch form: ``x``, ``(x, y)``, ``(index, x)`` or ``(index, x, y)``; missing ones are None.
+
+    x is the floating-point member; an index is integer-valued, so ``(x, y)`` and ``(index, x)`` are told apart.
+    """
+    if isinstance(batch, Tensor):
+        return None, batch, None
+    batch = tuple(batch)
+    if len(batch) == 3:
+        return batch
+    first, second = batch
+    if isinstance(first, Tensor) and first.is_floating_point():
+        return None, first, second
+    return first, second, None
 
 
 def split_index_batch(batch) -> tuple[Tensor | None, Tensor]:
     """``(index, x)`` from a batch of :class:`UniqueIndexDataset` or ``(None, x)`` from a plain tensor batch."""
-    if isinstance(batch, Tensor):
-        return None, batch
-    index, x = batch
+    index, x, _ = split_batch(batch)
     return index, x
 
 
@@ -129,6 +175,8 @@ class EpochSampler(Sampler[int]):
 
 def _collate(batch):
     """Batches that a dataset's ``__getitems__`` already stacked pass through; anything else is collated as usual."""
+    if isinstance(batch, StackedBatch):
+        return tuple(batch)
     return batch if isinstance(batch, Tensor) else default_collate(batch)
 
 
@@ -145,7 +193,13 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         num_workers: DataLoader worker processes (0 = load in the main process).
         seed: seeds the training shuffle order (and any random split or generation of the subclass).
         pin_memory: pin host memory in the DataLoaders (useful when training on a GPU).
+        conditional: yield class labels with the batches, ``(x, y)`` and ``(index, x, y)``, for class-conditional
+            models (``dataset.conditional``). A dataset with class labels states how many classes it has
+            (``label_classes`` class attribute, or a ``classes`` list) and provides the labels of each split as
+            ``<split>_labels`` tensors on the datamodule or as a ``labels`` tensor on the split's dataset.
     """
+
+    label_classes: int | None = None  # number of classes of the dataset's labels (None: no labels)
 
     def __init__(
         self,
@@ -157,6 +211,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         num_workers: int,
         seed: int = 0,
         pin_memory: bool = False,
+        conditional: bool = False,
     ):
         """``num_levels``: K, the number of quantization levels; ``data_shape``: the per-example shape, e.g.
         (C, H, W) for images or (2,) for 2-D points; the rest: see the class docstring."""
@@ -169,6 +224,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.seed = check_int("seed", seed)
         self.pin_memory = check_bool("pin_memory", pin_memory)
+        self.conditional = check_bool("conditional", conditional)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -178,6 +234,47 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
     def data_dim(self) -> int:
         """Number of scalar dimensions per example, prod(data_shape)."""
         return math.prod(self.data_shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of a conditional datamodule (labels 0..num_classes-1); None when unconditional."""
+        if not self.conditional:
+            return None
+        classes = getattr(self, "classes", None)
+        count = self.label_classes if self.label_classes is not None else (len(classes) if classes else None)
+        if not count:
+            raise ParameterError(
+                "conditional", self.conditional,
+                f"{type(self).__name__} has no class labels to condition on; set dataset.conditional=false, or use a "
+                f"dataset with labels (digits, mnist, cifar10, or image_folder with one sub-folder per class)"
+            )
+        return int(count)
+
+    def split_labels(self, split: str) -> Tensor:
+        """The int64 labels ``[N]`` of one split (``train``, ``val`` or ``test``), checked against ``num_classes``."""
+        self._require_setup()
+        dataset = getattr(self, f"{split}_set")
+        labels = getattr(self, f"{split}_labels", None)
+        if labels is None:
+            labels = getattr(dataset, "labels", None)
+        if labels is None:
+            raise ValueError(
+                f"{type(self).__name__} gives no labels for its {split} split, so it cannot be conditional; "
+                f"set dataset.conditional=false"
+            )
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"the {split} labels of {type(self).__name__} lie in [{int(labels.min())}, {int(labels.max())}], "
+                f"outside [0, {self.num_classes}): fix the labels or the dataset's number of classes"
+            )
+        return labels
+
+    def split_dataset(self, split: str) -> Dataset:
+        """One split as the loaders see it: items x, or ``(x, y)`` when conditional."""
+        self._require_setup()
+        dataset = getattr(self, f"{split}_set")
+        return LabelledDataset(dataset, self.split_labels(split)) if self.conditional else dataset
 
     def check_location(self) -> None:
         """Raise a ``ParameterError`` when the data cannot be where the arguments say (start-up validation calls
@@ -241,15 +338,15 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
                 f"{type(self).__name__}, so drop_last=True would leave no training batch; "
                 f"set dataset.batch_size <= {n}"
             )
-        return self._loader(self.train_set, self.batch_size, train=True)
+        return self._loader(self.split_dataset("train"), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches ``(index, x)`` in a fixed order (no shuffle, no drop); the index lets metrics
-        count every example once under DDP, where the sampler pads with duplicates."""
+        """Validation batches ``(index, x)`` (``(index, x, y)`` when conditional) in a fixed order (no shuffle, no
+        drop); the index lets metrics count every example once under DDP, where the sampler pads with duplicates."""
         self._require_setup()
-        return self._loader(UniqueIndexDataset(self.val_set), self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.split_dataset("val")), self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches ``(index, x)`` in a fixed order (no shuffle, no drop)."""
+        """Test batches ``(index, x)`` (``(index, x, y)`` when conditional) in a fixed order (no shuffle, no drop)."""
         self._require_setup()
-        return self._loader(UniqueIndexDataset(self.test_set), self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.split_dataset("test")), self.eval_batch_size, train=False)

@@ -39,8 +39,11 @@ class DigitsDataModule(DiffusionDataModule):
     """sklearn digits, 1 x 8 x 8, K = 17.
 
     After ``setup`` the labels are kept as ``train_labels``/``val_labels``/``test_labels`` (int64 tensors)
-    and the row indices into ``load_digits()`` as ``split_indices``; the datasets yield only x.
+    and the row indices into ``load_digits()`` as ``split_indices``; the datasets yield only x, and the loaders
+    add the labels when ``conditional``.
     """
+
+    label_classes = 10
 
     def __init__(self, **common):
         """``common``: the arguments of every datamodule (batch sizes, workers, seed; see

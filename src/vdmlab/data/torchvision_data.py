@@ -51,6 +51,7 @@ class _TorchvisionDataModule(DiffusionDataModule, abc.ABC):
     """Shared logic: make sure the files are there (download or explain), load, split off validation."""
 
     dataset_name: str
+    label_classes = 10  # MNIST digits and CIFAR-10 classes
 
     def __init__(self, root: str | Path, download: bool, val_size: int, data_shape: tuple[int, ...], **common):
         """``root``, ``download``, ``val_size``: see the subclasses; ``common``: see ``DiffusionDataModule``."""

@@ -123,13 +123,15 @@ def negative_elbo(
     generator: torch.Generator | None = None,
     example_ids: Tensor | None = None,
     seed: int = 0,
+    cond=None,
 ) -> ELBOTerms:
     """-VLB(x) per example with ``num_samples`` low-discrepancy λ draws for the diffusion term, eq. (3.60).
 
     Continuous time (eq. 3.134) when ``timesteps`` is None, else the discrete-T bound (eqs. 3.62, A.38).
     The noise comes from ``generator``, or, when ``example_ids`` (dataset indices) are given, from
     per-example seeds with times t = frac(u + id·φ): then every example's estimate is independent of how
-    the data are batched or sharded across DDP ranks.
+    the data are batched or sharded across DDP ranks. ``cond`` (e.g. class labels) conditions the network:
+    the bound is then on -log p(x | cond).
     """
     batch = x.shape[0]
     if example_ids is None:
@@ -147,7 +149,7 @@ def negative_elbo(
         t = torch.remainder(t_0 + k / num_samples, 1.0)  # stratified per example and across the batch
         terms = diffusion_loss(
             x, t, draws[k + 1], net=net, schedule=schedule, weighting=ELBOWeighting(),
-            parameterization=parameterization, timesteps=timesteps,
+            parameterization=parameterization, timesteps=timesteps, cond=cond,
         )
         diffusion = diffusion + terms.elbo.detach() / num_samples
     return ELBOTerms(diffusion=diffusion, prior=prior, reconstruction=reconstruction)

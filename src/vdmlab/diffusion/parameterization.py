@@ -4,6 +4,11 @@ Each parameterization is a linear map between the network output and (ε̂, x̂)
 so the one loss is always written on ε (design §3) and a parameterization changes nothing else. The
 ``flow`` output u = ε - x lives in rectified-flow coordinates (α + σ = 1); it is mapped to the VP latent
 by the rescaling z_rf = z_t/(α_t + σ_t) of eq. (A.45).
+
+Conditioning (class labels, ...) is one keyword ``cond`` passed unchanged to the network, ``net(z, λ, cond)``;
+with ``cond=None`` the network is called as ``net(z, λ)``, so unconditional networks need not know about it.
+:meth:`Parameterization.denoiser` binds ``cond`` and the classifier-free guidance weight into the closure
+``denoise(z_t, λ)``, so every sampler gets conditioning and guidance without a change of signature.
 """
 
 from __future__ import annotations
@@ -44,14 +49,36 @@ def x_from_eps(eps_hat: Tensor, z_t: Tensor, logsnr: Tensor) -> Tensor:
     return (z_t - sigma_t * eps_hat) / alpha_t
 
 
+def call_net(net: nn.Module, z_t: Tensor, logsnr: Tensor, cond=None) -> Tensor:
+    """The network output: ``net(z_t, λ)``, or ``net(z_t, λ, cond)`` when there is a conditioning."""
+    return net(z_t, logsnr) if cond is None else net(z_t, logsnr, cond)
+
+
+def guided_eps(eps_cond: Tensor, eps_uncond: Tensor, guidance: Tensor | float) -> Tensor:
+    """Classifier-free guidance ε̂ = (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) (Ho & Salimans 2022, eq. 6)."""
+    w = expand_like(torch.as_tensor(guidance, dtype=eps_cond.dtype, device=eps_cond.device), eps_cond)
+    return eps_cond + w * (eps_cond - eps_uncond)
+
+
+def guidance_weight(logsnr: Tensor, guidance: float, logsnr_min: float | None, logsnr_max: float | None) -> Tensor:
+    """w(λ): ``guidance`` inside the interval [logsnr_min, logsnr_max] (None: unbounded), 0 outside
+    (guidance in a limited interval, Kynkäänniemi et al. 2024); shape of λ."""
+    inside = torch.ones_like(logsnr, dtype=torch.bool)
+    if logsnr_min is not None:
+        inside = inside & (logsnr >= logsnr_min)
+    if logsnr_max is not None:
+        inside = inside & (logsnr <= logsnr_max)
+    return inside.to(logsnr.dtype) * float(guidance)
+
+
 class Parameterization:
     """Base class: ``output`` runs the network; ``to_eps``/``to_x``/``from_eps`` are the Table 4.2 maps."""
 
     name = "base"
 
-    def output(self, net: nn.Module, z_t: Tensor, logsnr: Tensor) -> Tensor:
+    def output(self, net: nn.Module, z_t: Tensor, logsnr: Tensor, cond=None) -> Tensor:
         """The parameterised quantity: the network output itself for all but ``energy``."""
-        return net(z_t, logsnr)
+        return call_net(net, z_t, logsnr, cond)
 
     def to_eps(self, out: Tensor, z_t: Tensor, logsnr: Tensor) -> Tensor:
         """ε̂ from the output (Table 4.2)."""
@@ -65,22 +92,64 @@ class Parameterization:
         """The output that encodes a given ε̂ (the inverse Table 4.2 map)."""
         raise TypeError(f"{type(self).__name__} does not define from_eps()")
 
-    def predict(self, net: nn.Module, z_t: Tensor, logsnr: Tensor, clip_x: bool = False) -> Prediction:
-        """(ε̂, x̂) at (z_t, λ); with ``clip_x`` x̂ is clipped to [-1, 1] and ε̂ re-derived from it (§4.1)."""
-        out = self.output(net, z_t, logsnr)
+    def predict(self, net: nn.Module, z_t: Tensor, logsnr: Tensor, clip_x: bool = False, cond=None) -> Prediction:
+        """(ε̂, x̂) at (z_t, λ) given ``cond``; with ``clip_x`` x̂ is clipped to [-1, 1] and ε̂ re-derived (§4.1)."""
+        out = self.output(net, z_t, logsnr, cond)
         x_hat = self.to_x(out, z_t, logsnr)
         if clip_x:
             x_hat = x_hat.clamp(-1.0, 1.0)
             return Prediction(eps_from_x(x_hat, z_t, logsnr), x_hat)
         return Prediction(self.to_eps(out, z_t, logsnr), x_hat)
 
+    def predict_guided(
+        self, net: nn.Module, z_t: Tensor, logsnr: Tensor, cond: Tensor, null_cond: Tensor, guidance: Tensor,
+        clip_x: bool = False,
+    ) -> Prediction:
+        """Classifier-free guided (ε̂, x̂): ε̂ = (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) formed in ε space, x̂ from it (Table 4.2).
+
+        One network call on the concatenated batch [c, ∅]; the energy model's autograd gradient stays per
+        example, since each example's energy depends only on its own z. ``guidance`` is w per example ``[B]``.
+        """
+        batch = z_t.shape[0]
+        logsnr_b = logsnr.expand(batch) if logsnr.numel() == 1 else logsnr
+        z_2, logsnr_2 = torch.cat([z_t, z_t]), torch.cat([logsnr_b, logsnr_b])
+        out = self.output(net, z_2, logsnr_2, torch.cat([cond, null_cond]))
+        eps_cond, eps_uncond = self.to_eps(out, z_2, logsnr_2).split(batch)
+        eps_hat = guided_eps(eps_cond, eps_uncond, guidance)
+        x_hat = x_from_eps(eps_hat, z_t, logsnr_b)
+        if clip_x:
+            x_hat = x_hat.clamp(-1.0, 1.0)
+            eps_hat = eps_from_x(x_hat, z_t, logsnr_b)
+        return Prediction(eps_hat, x_hat)
+
     def posterior_mean(self, out: Tensor, z_t: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
         """μθ(z_t; s, t) for this parameterization: eq. (3.47) with x̂ in place of x, eqs. (3.59, 4.1), Table 4.1."""
         return posterior_mean(z_t, self.to_x(out, z_t, logsnr_t), logsnr_s, logsnr_t)
 
-    def denoiser(self, net: nn.Module, clip_x: bool = False) -> Denoiser:
-        """A closure (z_t, λ) → Prediction for samplers and likelihood evaluation."""
-        return lambda z_t, logsnr: self.predict(net, z_t, logsnr, clip_x=clip_x)
+    def denoiser(
+        self, net: nn.Module, clip_x: bool = False, cond=None, guidance: float = 0.0, null_cond=None,
+        guidance_logsnr_min: float | None = None, guidance_logsnr_max: float | None = None,
+    ) -> Denoiser:
+        """A closure (z_t, λ) → Prediction for samplers and likelihood evaluation, with ``cond`` bound.
+
+        With ``guidance`` w ≠ 0 the closure is classifier-free guided toward ``cond`` against ``null_cond`` (the
+        null class ∅), for λ in [guidance_logsnr_min, guidance_logsnr_max] only (None: no bound).
+        """
+        if not guidance:
+            return lambda z_t, logsnr: self.predict(net, z_t, logsnr, clip_x=clip_x, cond=cond)
+        if cond is None or null_cond is None:
+            raise ValueError(
+                f"classifier-free guidance (sampler.guidance={guidance}) needs a conditional model and labels: "
+                f"train with dataset.conditional=true, or set sampler.guidance=0"
+            )
+
+        def denoise(z_t: Tensor, logsnr: Tensor) -> Prediction:
+            w = guidance_weight(logsnr.expand(z_t.shape[0]), guidance, guidance_logsnr_min, guidance_logsnr_max)
+            if not bool(w.any()):  # outside the guidance interval: the conditional prediction alone
+                return self.predict(net, z_t, logsnr, clip_x=clip_x, cond=cond)
+            return self.predict_guided(net, z_t, logsnr, cond, null_cond, w, clip_x=clip_x)
+
+        return denoise
 
 
 class XParameterization(Parameterization):
@@ -138,17 +207,17 @@ class EnergyParameterization(Parameterization):
 
     name = "energy"
 
-    def energy(self, net: nn.Module, z_t: Tensor, logsnr: Tensor) -> Tensor:
-        """Eθ(z_t; λ) = ‖z_t - f(z_t, λ)‖²/(2σ_t), shape ``[B]``."""
+    def energy(self, net: nn.Module, z_t: Tensor, logsnr: Tensor, cond=None) -> Tensor:
+        """Eθ(z_t; λ, c) = ‖z_t - f(z_t, λ, c)‖²/(2σ_t), shape ``[B]``."""
         _, sigma_t = alpha_sigma(logsnr)
-        return 0.5 * (z_t - net(z_t, logsnr)).pow(2).flatten(1).sum(1) / sigma_t
+        return 0.5 * (z_t - call_net(net, z_t, logsnr, cond)).pow(2).flatten(1).sum(1) / sigma_t
 
-    def output(self, net: nn.Module, z_t: Tensor, logsnr: Tensor) -> Tensor:
-        """∇_z Eθ(z_t; λ) by autograd, differentiable when gradients are enabled (eq. 4.24)."""
+    def output(self, net: nn.Module, z_t: Tensor, logsnr: Tensor, cond=None) -> Tensor:
+        """∇_z Eθ(z_t; λ, c) by autograd, differentiable when gradients are enabled (eq. 4.24)."""
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             z = z_t if z_t.requires_grad else z_t.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.energy(net, z, logsnr).sum(), z, create_graph=create_graph)
+            (grad,) = torch.autograd.grad(self.energy(net, z, logsnr, cond).sum(), z, create_graph=create_graph)
         return grad
 
     def to_eps(self, out: Tensor, z_t: Tensor, logsnr: Tensor) -> Tensor:

@@ -2,7 +2,8 @@
 
     sampler(denoise, z, logsnrs, generator=None) -> z_final
 
-``denoise(z_t, logsnr) -> Prediction`` is any parameterization's denoiser (optionally with x̂ clipping);
+``denoise(z_t, logsnr) -> Prediction`` is any parameterization's denoiser (optionally with x̂ clipping, and with
+a conditioning and classifier-free guidance bound in, ``Parameterization.denoiser(net, cond=..., guidance=w)``);
 ``logsnrs`` is an increasing grid λ(1) < … < λ(0) from any sampling schedule (``schedules.logsnr_grid``),
 which need not be the training schedule because the network is conditioned on λ (§4.3, A.4).
 ``generate`` draws z_1 ~ N(0, I), runs a sampler and decodes to the K data levels.

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from vdmlab.data.base import UniqueIndexDataset, split_index_batch  # noqa: F401 - re-exported
+from vdmlab.data.base import UniqueIndexDataset, split_batch, split_index_batch  # noqa: F401 - re-exported
 from vdmlab.diffusion.likelihood import ELBOTerms, negative_elbo
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.schedules import Schedule
@@ -160,23 +160,29 @@ def update_bpd(
     index: Tensor | None = None,
     example_ids: Tensor | None = None,
     seed: int = 0,
+    cond: Tensor | None = None,
+    terms: tuple[str, ...] = BPD_TERMS,
 ) -> ELBOTerms:
     """One batch of the bits/dim evaluation, the one used by training (val/test) and ``python eval.py``.
 
     The negative ELBO per example (``negative_elbo``, eq. 3.60) is added to ``metrics[term]`` for every term of
-    ``BPD_TERMS``; ``index`` puts the metrics in their DDP-exact index mode, ``example_ids`` (with ``seed``)
-    draws the noise per example instead of from ``generator``. Returns the terms in nats.
+    ``terms`` (default: all of ``BPD_TERMS``); ``index`` puts the metrics in their DDP-exact index mode,
+    ``example_ids`` (with ``seed``) draws the noise per example instead of from ``generator``; ``cond`` (class
+    labels ``[B]``, or None) makes it the bound on -log p(x|y) of a conditional model. Returns the terms in nats.
     """
-    terms = negative_elbo(
+    elbo = negative_elbo(
         x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
         num_samples=num_samples, timesteps=timesteps, generator=generator, example_ids=example_ids, seed=seed,
+        cond=cond,
     )
     data_dim = x[0].numel()
-    for term, nats in zip(BPD_TERMS, (terms.total, terms.diffusion, terms.prior, terms.reconstruction)):
+    for term, nats in zip(BPD_TERMS, (elbo.total, elbo.diffusion, elbo.prior, elbo.reconstruction)):
+        if term not in terms:
+            continue
         metric = metrics[term]
         metric.update(nats.to(metric.device), index=None if index is None else index.to(metric.device),
                       data_dim=data_dim)
-    return terms
+    return elbo
 
 
 def evaluate_bpd(
@@ -190,13 +196,16 @@ def evaluate_bpd(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     seed: int | None = None,
+    null_class: int | None = None,
 ) -> dict[str, float]:
     """The negative ELBO (eq. 3.60) over a dataloader, in bits/dim, with each term and the standard error.
 
     With ``seed`` and ``(index, x)`` batches the noise is drawn per example (``negative_elbo``'s
     ``example_ids``), so the result does not depend on batching; otherwise it comes from ``generator``.
 
-    Batches are tensors ``x`` or ``(index, x)`` pairs from :class:`UniqueIndexDataset`. Runs under
+    Batches are tensors ``x`` or ``(index, x)`` pairs from :class:`UniqueIndexDataset`, or ``(index, x, y)`` with
+    class labels y for a conditional model: the bound is then on -log p(x|y), or, with ``null_class`` (the null
+    label ∅ of classifier-free guidance), on -log p(x) of the same model with every label replaced by ∅. Runs under
     ``torch.no_grad`` (not ``inference_mode``: the energy parameterization differentiates internally) with
     ``net`` in eval mode, restoring its mode afterwards. With ``device`` given, ``net`` and ``schedule`` are
     moved there; ``generator`` (if any) must live on that device.
@@ -216,11 +225,13 @@ def evaluate_bpd(
     try:
         with torch.no_grad():
             for batch in dataloader:
-                index, x = split_index_batch(batch)
+                index, x, y = split_batch(batch)
+                if y is not None:
+                    y = (torch.full_like(y, null_class) if null_class is not None else y).to(device)
                 per_example = seed is not None and index is not None
                 update_bpd(metrics, x.to(device), net=net, schedule=schedule, parameterization=parameterization,
                            num_levels=num_levels, num_samples=num_samples, timesteps=timesteps, generator=generator,
-                           example_ids=index if per_example else None, seed=seed or 0)
+                           example_ids=index if per_example else None, seed=seed or 0, cond=y)
     finally:
         net.train(was_training)
     total = metrics["bpd"].stats()

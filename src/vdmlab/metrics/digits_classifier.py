@@ -57,6 +57,13 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+def class_matches(classifier: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
+    """Whether the classifier assigns each image of ``x`` to its label, ``[B]`` bool (for the class accuracy of
+    samples drawn for those labels)."""
+    with torch.no_grad():
+        return classifier(x.float()).argmax(dim=1) == labels.to(x.device)
+
+
 def default_weights_path() -> Path:
     """Where the shipped weights live: ``importlib.resources.files("vdmlab") / "assets/digits_classifier.pt"``."""
     return Path(str(importlib.resources.files("vdmlab") / "assets" / "digits_classifier.pt"))

@@ -33,8 +33,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from vdmlab.cache import atomic_save, load_checked
 from vdmlab.checks import ParameterError
-from vdmlab.distributed import rank_and_world
-from vdmlab.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
+from vdmlab.distributed import all_reduce_sum, rank_and_world
+from vdmlab.metrics.digits_classifier import DigitsClassifier, class_matches, load_digits_classifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
@@ -189,14 +189,33 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     return range(rank, n, world_size)
 
 
-def sample_fid(metric: FIDMetric, sample: Callable[[int], Tensor], num_samples: int, batch_size: int) -> dict[str, float]:
+def sample_fid(metric: FIDMetric, sample: Callable[..., Tensor], num_samples: int, batch_size: int,
+               labels: Callable[[range], Tensor] | None = None, classifier: nn.Module | None = None) -> dict[str, float]:
     """Feed this rank's share of ``num_samples`` fresh samples (``sample(n)`` → n images in [-1, 1]) to ``metric``
-    in batches of at most ``batch_size`` and compute FID against its real statistics (collective under DDP)."""
+    in batches of at most ``batch_size`` and compute FID against its real statistics (collective under DDP).
+
+    For a conditional model ``labels(indices)`` gives the class labels of those (global) sample indices and the
+    samples are drawn as ``sample(n, y)``; with a ``classifier`` too the result holds ``class_acc``, the fraction
+    of samples it assigns to the label they were drawn for (summed over ranks).
+    """
     metric.reset()  # keeps the real statistics when the metric was built with reset_real_features=False
-    share = len(shard_indices(num_samples))
-    for start in range(0, share, batch_size):
-        metric.update(sample(min(batch_size, share - start)), real=False)
-    return metric.compute_dict()
+    shard = shard_indices(num_samples)
+    correct, total = 0.0, 0.0
+    for start in range(0, len(shard), batch_size):
+        indices = shard[start : start + batch_size]
+        if labels is None:
+            metric.update(sample(len(indices)), real=False)
+            continue
+        y = labels(indices)
+        x = sample(len(indices), y)
+        metric.update(x, real=False)
+        if classifier is not None:
+            correct, total = correct + float(class_matches(classifier, x, y).sum()), total + len(x)
+    values = metric.compute_dict()
+    if labels is not None and classifier is not None:
+        counts = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64, device=metric.device))
+        values["class_acc"] = float(counts[0] / counts[1].clamp_min(1))
+    return values
 
 
 class FIDMetric(FrechetInceptionDistance):
@@ -427,12 +446,15 @@ def fid_report(metric: FIDMetric, fake_fid, repeats: int = 1) -> dict[str, float
     """FID with its sample count over ``repeats`` sample seeds: ``fake_fid(r)`` returns ``compute_dict()`` for seed r.
 
     Returns ``fid`` (the mean), ``fid_std`` (the standard deviation over repeats, 0 for one), ``fid_n``, ``fid_n_real``
-    and ``fid_repeats``.
+    and ``fid_repeats`` (and ``class_acc``, the mean over repeats, when the runs report it).
     """
     runs = [fake_fid(r) for r in range(max(1, int(repeats)))]
     values = torch.tensor([run["fid"] for run in runs], dtype=torch.float64)
-    return {"fid": float(values.mean()), "fid_std": float(values.std()) if len(runs) > 1 else 0.0,
-            "fid_n": runs[0]["fid_n"], "fid_n_real": runs[0]["fid_n_real"], "fid_repeats": len(runs)}
+    report = {"fid": float(values.mean()), "fid_std": float(values.std()) if len(runs) > 1 else 0.0,
+              "fid_n": runs[0]["fid_n"], "fid_n_real": runs[0]["fid_n_real"], "fid_repeats": len(runs)}
+    if "class_acc" in runs[0]:  # a conditional model: samples classified as their label, mean over repeats
+        report["class_acc"] = sum(run["class_acc"] for run in runs) / len(runs)
+    return report
 
 
 def split_fid(metric: FIDMetric, datamodule, split: str, fake_fid, stats_dir: str | os.PathLike | None = None,

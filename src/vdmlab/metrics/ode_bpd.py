@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from vdmlab.data.base import split_index_batch
+from vdmlab.data.base import split_batch
 from vdmlab.diffusion.ode_likelihood import dequantized_nll
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.schedules import Schedule
@@ -44,13 +44,13 @@ def evaluate_ode_bpd(
     importance-weighted bound over the draws; ``*_se`` are standard errors of the mean over examples (they
     include the probe and dequantization noise), ``ode_estimator_se`` the part of it due to that noise alone.
     ``ode_nfe`` is the number of network calls per ODE solve (per draw; a dopri5 solve reports its last).
+    Batches ``(index, x, y)`` of a conditional model give the bounds on -log p(x|y), with the true labels y.
     """
     if device is not None:
         net.to(device)
         schedule.to(device)
     else:
         device = next(iter(net.parameters()), torch.empty(0)).device
-    denoise = parameterization.denoiser(net)
     metrics = {"ode_bpd": BitsPerDim(), "ode_bpd_iw": BitsPerDim(), "estimator": BitsPerDim()}
     was_training = net.training
     net.eval()
@@ -58,8 +58,10 @@ def evaluate_ode_bpd(
     try:
         with torch.no_grad():
             for position, batch in enumerate(dataloader):
-                index, x = split_index_batch(batch)
+                index, x, y = split_batch(batch)
                 x = x.to(device)
+                # labels of a conditional model: the bound is then on -log p(x|y), the ODE of the denoiser given y
+                denoise = parameterization.denoiser(net, cond=None if y is None else y.to(device))
                 if index is None:  # plain tensors: positions stand in for dataset indices (single process)
                     index = torch.arange(x.shape[0]) + position * x.shape[0]
                 result = dequantized_nll(x, denoise, schedule, num_levels, dequantization=dequantization,

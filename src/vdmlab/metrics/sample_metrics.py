@@ -28,6 +28,11 @@ class RecordingExtractor(nn.Module):
         self.num_features = extractor.num_features
         self.recorded: list[Tensor] = []
 
+    @property
+    def classifier(self) -> nn.Module | None:
+        """The wrapped extractor's classifier (the digits features), for the class accuracy of samples."""
+        return getattr(self.extractor, "classifier", None)
+
     def train(self, mode: bool = True) -> RecordingExtractor:
         return super().train(False)
 

@@ -1,6 +1,8 @@
 """Conditioning and input features shared by the denoisers.
 
 - :class:`LogSNREmbedding` embeds λ = log SNR (never t, so every network works with every noise schedule);
+- :class:`ClassEmbedding` embeds class labels (and the learned null class ∅ of classifier-free guidance), added
+  to the λ embedding by the networks of class-conditional models;
 - :func:`fourier_features` is VDM's Fourier-feature input (Kingma et al. 2021, App. B.4), which lets the
   network resolve the fine (per-quantisation-bin) structure of the data at high SNR.
 
@@ -64,6 +66,45 @@ class LogSNREmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_logsnr={self.max_logsnr}, freq_dim={self.freq_dim}"
+
+
+class ClassEmbedding(nn.Module):
+    """Class labels 0..C-1 and the null class ∅ = C → ``[B, dim]``, an ``nn.Embedding(C + 1, dim)``.
+
+    Initialised N(0, 1) like ADM's class embedding (Dhariwal & Nichol 2021), of the scale of the λ embedding, so the
+    labels shape the output from the first step (from a zero start the digits model reached 17 % instead of 63 %
+    unguided class accuracy in ~700 steps);
+    ``labels=None`` means ∅ for the whole batch (the unconditional model p(x) that guidance pushes away from).
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"model.num_classes must be null (unconditional) or an integer >= 1, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.embed = nn.Embedding(self.num_classes + 1, dim)  # default init N(0, 1)
+
+    @property
+    def null_class(self) -> int:
+        """The index of ∅."""
+        return self.num_classes
+
+    def forward(self, labels: Tensor | None, batch: int) -> Tensor:
+        if labels is None:
+            labels = torch.full((batch,), self.null_class, dtype=torch.long, device=self.embed.weight.device)
+        return self.embed(labels.long())
+
+
+def add_class_embedding(emb: Tensor, class_embed: ClassEmbedding | None, cond: Tensor | None) -> Tensor:
+    """The λ embedding plus the class embedding of ``cond``; unconditional networks (no class embedding) take no labels."""
+    if class_embed is None:
+        if cond is not None:
+            raise ValueError(
+                "this network is unconditional (model.num_classes is null) but was given class labels; train a "
+                "class-conditional model with dataset.conditional=true, or sample without labels"
+            )
+        return emb
+    return emb + class_embed(cond, emb.shape[0])
 
 
 def num_fourier_channels(channels: int, min_exp: int | None, max_exp: int | None) -> int:

@@ -1,6 +1,7 @@
 """λ-conditioned residual MLP denoiser for low-dimensional (e.g. 2-D toy) data.
 
-``forward(z [B, D] or [B, *shape] with prod(shape) = D, logsnr [B]) -> same shape as z``. Only smooth ops
+``forward(z [B, D] or [B, *shape] with prod(shape) = D, logsnr [B], cond=None) -> same shape as z``; ``cond``
+are class labels ``[B]`` for class-conditional nets (``num_classes`` set). Only smooth ops
 (Linear, LayerNorm, SiLU), so it supports double backward like the UNet.
 """
 
@@ -14,7 +15,9 @@ from torch import Tensor, nn
 
 from vdmlab.checks import check_float, check_int, check_positive
 from vdmlab.models.embeddings import (
+    ClassEmbedding,
     LogSNREmbedding,
+    add_class_embedding,
     broadcast_logsnr,
     fourier_features,
     num_fourier_channels,
@@ -52,6 +55,8 @@ class MLP(nn.Module):
         fourier_min_exp, fourier_max_exp: Fourier-feature input exponents (both None disables).
         dropout: dropout rate inside the blocks.
         max_logsnr: λ range that the embedding's lowest frequency resolves monotonically.
+        num_classes: None (unconditional) or the number of classes C: a class embedding of C + 1 entries (the
+            last one the null class ∅) is added to the λ embedding.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class MLP(nn.Module):
         dropout: float = 0.0,
         max_logsnr: float = 30.0,
         data_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
     ):
         super().__init__()
         if data_shape is not None:  # the datamodule's per-example shape; examples are flattened
@@ -78,6 +84,9 @@ class MLP(nn.Module):
         self.fourier_min_exp, self.fourier_max_exp = fourier_min_exp, fourier_max_exp
         in_dim = data_dim + num_fourier_channels(data_dim, fourier_min_exp, fourier_max_exp)
         self.embed = LogSNREmbedding(emb_dim, max_logsnr=max_logsnr)
+        self.num_classes = check_int("num_classes", num_classes, 1, optional=True,
+                                     reason="null (unconditional; filled from the dataset) or an integer >= 1")
+        self.class_embed = ClassEmbedding(self.num_classes, emb_dim) if self.num_classes else None
         self.inp = nn.Linear(in_dim, hidden)
         self.blocks = nn.ModuleList(MLPBlock(hidden, emb_dim, dropout) for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden)
@@ -85,7 +94,7 @@ class MLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, z: Tensor, logsnr: Tensor) -> Tensor:
+    def forward(self, z: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
         if z.ndim < 2 or math.prod(z.shape[1:]) != self.data_dim:
             raise ValueError(
                 f"MLP expects z of shape [B, *shape] with {self.data_dim} features, got {tuple(z.shape)}"
@@ -93,7 +102,7 @@ class MLP(nn.Module):
         x = z.reshape(z.shape[0], self.data_dim)
         if self.fourier_min_exp is not None:
             x = torch.cat([x, fourier_features(x, self.fourier_min_exp, self.fourier_max_exp)], dim=1)
-        emb = self.embed(broadcast_logsnr(logsnr, z.shape[0]))
+        emb = add_class_embedding(self.embed(broadcast_logsnr(logsnr, z.shape[0])), self.class_embed, cond)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

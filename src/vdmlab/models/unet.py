@@ -1,6 +1,7 @@
 """λ-conditioned convolutional denoiser: a plain ResNet (one level) or a UNet (several levels).
 
-``forward(z, logsnr)`` maps ``z`` ``[B, C, H, W]`` and λ ``[B]`` to a tensor shaped like ``z``; what the
+``forward(z, logsnr, cond=None)`` maps ``z`` ``[B, C, H, W]``, λ ``[B]`` and, for class-conditional nets
+(``num_classes`` set), labels ``[B]`` to a tensor shaped like ``z``; what the
 output means (x̂, ε̂, v̂, an energy, ...) is decided by the parameterization, not here.
 
 Design (close to VDM's ScoreUNet and DDPM's UNet):
@@ -35,7 +36,9 @@ from torch import Tensor, nn
 
 from vdmlab.checks import check_bool, check_float, check_int, check_int_list, check_positive
 from vdmlab.models.embeddings import (
+    ClassEmbedding,
     LogSNREmbedding,
+    add_class_embedding,
     broadcast_logsnr,
     fourier_features,
     num_fourier_channels,
@@ -147,6 +150,8 @@ class UNet(nn.Module):
             all at full resolution).
         max_logsnr: λ range that the embedding's lowest frequency resolves monotonically.
         data_shape: the datamodule's ``(C, H, W)``; when given it sets ``in_channels`` and ``image_size``.
+        num_classes: None (unconditional) or the number of classes C: a class embedding of C + 1 entries (the
+            last one the null class ∅ of classifier-free guidance) is added to the λ embedding.
     """
 
     def __init__(
@@ -167,6 +172,7 @@ class UNet(nn.Module):
         decoder: bool | None = None,
         max_logsnr: float = 30.0,
         data_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
     ):
         super().__init__()
         if data_shape is not None:
@@ -206,6 +212,9 @@ class UNet(nn.Module):
         self.fourier_min_exp, self.fourier_max_exp = fourier_min_exp, fourier_max_exp
         emb_dim = emb_dim if emb_dim is not None else 4 * width
         self.embed = LogSNREmbedding(emb_dim, max_logsnr=max_logsnr, freq_dim=width)
+        self.num_classes = check_int("num_classes", num_classes, 1, optional=True,
+                                     reason="null (unconditional; filled from the dataset) or an integer >= 1")
+        self.class_embed = ClassEmbedding(self.num_classes, emb_dim) if self.num_classes else None
 
         def res(i: int, o: int) -> ResBlock:
             return ResBlock(i, o, emb_dim, groups=groups, dropout=dropout)
@@ -247,7 +256,7 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
 
-    def forward(self, z: Tensor, logsnr: Tensor) -> Tensor:
+    def forward(self, z: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
         if z.ndim != 4 or z.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects z of shape [B, {self.in_channels}, H, W], got {tuple(z.shape)}")
         factor = 2 ** (self.levels - 1)
@@ -255,7 +264,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"spatial size {tuple(z.shape[-2:])} is not divisible by {factor} ({self.levels} levels)"
             )
-        emb = self.embed(broadcast_logsnr(logsnr, z.shape[0]))
+        emb = add_class_embedding(self.embed(broadcast_logsnr(logsnr, z.shape[0])), self.class_embed, cond)
         x = z
         if self.fourier_min_exp is not None:
             x = torch.cat([z, fourier_features(z, self.fourier_min_exp, self.fourier_max_exp)], dim=1)
