@@ -2,6 +2,7 @@
 ELBO, every sampler, every parameterization), guidance is the formula (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) in ε space,
 labelled data, networks, a real conditional fit on the digits, DDP, checkpoints and the bad inputs."""
 
+import functools
 import inspect
 import json
 import math
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import REPO, compose_config
 from omegaconf import OmegaConf
 from test_evaluation import validate_single_and_ddp
 from torch import nn
@@ -35,12 +36,15 @@ NUM_CLASSES, D, B = 3, 4, 6
 
 
 def samplers():
-    """Every sampler of ``vdmlab.diffusion.sampling``: its public functions with the sampler signature."""
+    """Every sampler of ``vdmlab.diffusion.sampling``: its public functions with the sampler signature, with the
+    options of its config (conf/sampler/<name>.yaml) bound where it has required ones."""
     found = []
     for name, fn in inspect.getmembers(sampling, inspect.isfunction):
         params = list(inspect.signature(fn).parameters)
         if fn.__module__ == sampling.__name__ and not name.startswith("_") and params[:3] == ["denoise", "z", "logsnrs"]:
-            found.append(fn)
+            options = {k: v for k, v in OmegaConf.load(REPO / "conf" / "sampler" / f"{name}.yaml").fn.items()
+                       if not k.startswith("_")}
+            found.append(functools.update_wrapper(functools.partial(fn, **options), fn))
     return found
 
 

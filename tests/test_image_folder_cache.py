@@ -71,19 +71,19 @@ def test_corrupt_cache_is_moved_aside_and_rebuilt(tmp_path):
 def test_class_subfolders_are_labels_kept_in_the_cache(tmp_path, monkeypatch):
     write_classes(tmp_path / "images")
     dm = datamodule(tmp_path / "images", tmp_path / "cache")
-    assert dm.class_names == ["cat", "dog", "emu"] and dm.num_classes == 3 and dm.labels.shape == (12,)
+    assert dm.class_names == ["cat", "dog", "emu"] and dm.classes == dm.class_names and dm.labels.shape == (12,)
     for split in (dm.train_set, dm.val_set, dm.test_set):
         assert [dm.class_names[k] for k in split.labels.tolist()] == [f.parent.name for f in split.files]
     monkeypatch.setattr(IF, "load_image", lambda *a, **k: pytest.fail("decoded again"))
     again = datamodule(tmp_path / "images", tmp_path / "cache")
-    assert torch.equal(again.train_set.labels, dm.train_set.labels) and again.num_classes == 3
+    assert torch.equal(again.train_set.labels, dm.train_set.labels) and len(again.class_names) == 3
 
 
 def test_images_in_the_root_mean_no_labels(tmp_path):
     write_classes(tmp_path / "images")
     Image.new("RGB", (9, 9)).save(tmp_path / "images" / "loose.png")
     dm = datamodule(tmp_path / "images", tmp_path / "cache")
-    assert dm.labels is None and dm.num_classes == 0 and dm.train_set.labels is None
+    assert dm.labels is None and dm.class_names == [] and dm.num_classes is None and dm.train_set.labels is None
 
 
 def test_rule_mixed_sizes_non_square_gray_and_odd_sizes(tmp_path):

@@ -15,8 +15,8 @@ labels) is stored in ``<cache_dir>/<key>.pt``, the key a hash of the folder's fi
 makes a new key. A cache file that cannot be read is moved aside (``.corrupt-<n>``) and rebuilt.
 
 Class sub-folders: when every image lies in a first-level sub-folder of ``root``, the sub-folder names (sorted) are
-the classes; ``labels`` (int64 per image) and ``num_classes`` are stored in the cache and exposed on the datamodule
-and on each split dataset (``dataset.labels``). Images directly in ``root`` mean no labels (``num_classes = 0``).
+the classes; ``labels`` (int64 per image) and ``class_names`` are stored in the cache and exposed on the datamodule
+and on each split dataset (``dataset.labels``). Images directly in ``root`` mean no labels (``class_names == []``).
 The file list is sorted and split with a seeded permutation; the training order is the EpochSampler's, a function
 of (seed, epoch), resumable.
 """
@@ -205,9 +205,13 @@ class ImageFolderDataModule(DiffusionDataModule):
         check_folder("root", self.root)
 
     @property
-    def num_classes(self) -> int:
-        """Number of class sub-folders (0 when the images are not in class folders); known after ``setup``."""
-        return len(self.class_names)
+    def classes(self) -> list[str]:
+        """The class sub-folder names (empty when the images are not all in class folders): from the decoded set
+        after ``setup``, else from a listing of ``root`` (file names only, nothing decoded), so that a conditional
+        model (``dataset.conditional=true``) knows ``num_classes`` before the data are read."""
+        if self.class_names or not self.root.is_dir():
+            return self.class_names
+        return class_labels(self.root, find_images(self.root, self.extensions))[1]
 
     def list_files(self, verify: bool | None = None) -> list[Path]:
         """All image files below ``root``, with clear errors for a missing root, no images or a bad file."""
