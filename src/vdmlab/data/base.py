@@ -9,12 +9,16 @@ of shape ``data_shape`` per item (no labels, no tuples).
 from __future__ import annotations
 
 import abc
+import logging
 import math
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+
+log = logging.getLogger(__name__)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -171,6 +175,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        on_device: str | bool = "auto",
     ):
         """
         Args:
@@ -181,6 +186,8 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
             num_workers: DataLoader worker processes (0 = load in the main process).
             seed: seeds the training shuffle order (and any random split or generation of the subclass).
             pin_memory: pin host memory in the DataLoaders (useful when training on a GPU).
+            on_device: ``auto`` | ``true`` | ``false``: hold in-memory splits of integer levels on the training
+                device and gather batches there (:mod:`vdmlab.data.device`); ``auto`` when they fit.
         """
         super().__init__()
         _check_num_levels(num_levels)
@@ -196,6 +203,10 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
+        from vdmlab.data.device import parse_on_device  # imported here: vdmlab.data.device imports this module
+
+        self.on_device = parse_on_device(on_device)
+        self.on_device_reasons: dict[str, str] = {}  # split -> why it is (not) held on the device, as logged
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -221,16 +232,32 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         if self.train_set is None:
             self.setup()
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        """A DataLoader with the shared worker settings; training loaders shuffle (seeded per epoch) and drop_last.
+    def _device(self) -> torch.device:
+        """The device the attached trainer trains on (the CPU without a trainer)."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool, split: str = "train"):
+        """Batches of a split: device-resident (``on_device``) or a DataLoader with the shared worker settings;
+        training batches are shuffled (seeded per epoch) and the last incomplete one dropped.
 
         The sampler shards across DDP ranks itself (the trainer runs with ``use_distributed_sampler=False``)
         and, for training, resumes mid-epoch from the position stored by :meth:`state_dict`.
         """
+        from vdmlab.data.device import DeviceBatches, choose_on_device, level_source
+
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=train)
         if train and self._resume is not None:
             sampler.skip(self._resume["epoch"], self._resume["batches_done"] * batch_size)
             self._resume = None
+        device = self._device()
+        held, reason = choose_on_device(self.on_device, dataset, device, split)
+        if self.on_device_reasons.get(split) != reason and _rank_and_world()[0] == 0:
+            log.info(reason)
+        self.on_device_reasons[split] = reason
+        if held:
+            return DeviceBatches(level_source(dataset), batch_size, sampler, device, drop_last=train,
+                                 with_index=isinstance(dataset, UniqueIndexDataset))
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -264,18 +291,18 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
                 f"{type(self).__name__}, so drop_last=True would leave no training batch; "
                 f"set dataset.batch_size <= {n}"
             )
-        return self._loader(self.train_set, self.batch_size, train=True)
+        return self._loader(self.train_set, self.batch_size, train=True, split="train")
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches ``(index, x)`` in a fixed order (no shuffle, no drop); the index lets metrics
         count every example once under DDP, where the sampler pads with duplicates."""
         self._require_setup()
-        return self._loader(UniqueIndexDataset(self.val_set), self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.val_set), self.eval_batch_size, train=False, split="val")
 
     def test_dataloader(self) -> DataLoader:
         """Test batches ``(index, x)`` in a fixed order (no shuffle, no drop)."""
         self._require_setup()
-        return self._loader(UniqueIndexDataset(self.test_set), self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.test_set), self.eval_batch_size, train=False, split="test")
 
 
 def _check_positive_int(name: str, value: int) -> None:

@@ -49,6 +49,7 @@ class DigitsDataModule(DiffusionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        on_device: str | bool = "auto",
     ):
         """
         Args:
@@ -57,6 +58,7 @@ class DigitsDataModule(DiffusionDataModule):
             num_workers: DataLoader worker processes.
             seed: seed of the training shuffle order (the splits themselves are fixed).
             pin_memory: pin host memory in the DataLoaders.
+            on_device: auto | true | false: gather batches from the split held on the training device.
         """
         super().__init__(
             num_levels=DIGITS_NUM_LEVELS,
@@ -66,6 +68,7 @@ class DigitsDataModule(DiffusionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            on_device=on_device,
         )
         self.train_labels: torch.Tensor | None = None
         self.val_labels: torch.Tensor | None = None

@@ -114,6 +114,7 @@ class ImageFolderDataModule(DiffusionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        on_device: str | bool = "auto",
     ):
         """
         Args:
@@ -130,6 +131,7 @@ class ImageFolderDataModule(DiffusionDataModule):
             num_workers: DataLoader worker processes.
             seed: seeds the train/val/test split and the training shuffle order.
             pin_memory: pin host memory in the DataLoaders.
+            on_device: auto | true | false: gather batches from the split held on the training device.
         """
         if channels not in (1, 3):
             raise ValueError(
@@ -155,6 +157,7 @@ class ImageFolderDataModule(DiffusionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            on_device=on_device,
         )
         self.root = Path(root).expanduser()
         self.image_size = int(image_size)

@@ -61,6 +61,7 @@ class _TorchvisionDataModule(DiffusionDataModule, abc.ABC):
         num_workers: int,
         seed: int,
         pin_memory: bool,
+        on_device: str | bool,
     ):
         super().__init__(
             num_levels=256,
@@ -70,6 +71,7 @@ class _TorchvisionDataModule(DiffusionDataModule, abc.ABC):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            on_device=on_device,
         )
         if int(val_size) != val_size or val_size < 0:
             raise ValueError(f"val_size must be an integer >= 0, got {val_size!r}")
@@ -184,6 +186,7 @@ class MNISTDataModule(_TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        on_device: str | bool = "auto",
     ):
         """
         Args:
@@ -196,6 +199,7 @@ class MNISTDataModule(_TorchvisionDataModule):
             num_workers: DataLoader worker processes.
             seed: seed of the training shuffle order.
             pin_memory: pin host memory in the DataLoaders.
+            on_device: auto | true | false: gather batches from the split held on the training device.
         """
         side = 32 if pad_to_32 else 28
         super().__init__(
@@ -208,6 +212,7 @@ class MNISTDataModule(_TorchvisionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            on_device=on_device,
         )
         self.pad_to_32 = bool(pad_to_32)
 
@@ -256,6 +261,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        on_device: str | bool = "auto",
     ):
         """
         Args:
@@ -268,6 +274,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
             num_workers: DataLoader worker processes.
             seed: seed of the training shuffle order.
             pin_memory: pin host memory in the DataLoaders.
+            on_device: auto | true | false: gather batches from the split held on the training device.
         """
         super().__init__(
             root=root,
@@ -279,6 +286,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            on_device=on_device,
         )
 
     @property

@@ -190,6 +190,7 @@ class Toy2DDataModule(DiffusionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        on_device: str | bool = "auto",
     ):
         """
         Args:
@@ -205,6 +206,7 @@ class Toy2DDataModule(DiffusionDataModule):
             num_workers: DataLoader worker processes.
             seed: seeds both the data generation (each split from its own stream) and the shuffle order.
             pin_memory: pin host memory in the DataLoaders.
+            on_device: auto | true | false: gather batches from the split held on the training device.
         """
         _check_name(name)
         super().__init__(
@@ -215,6 +217,7 @@ class Toy2DDataModule(DiffusionDataModule):
             num_workers=num_workers,
             seed=seed,
             pin_memory=pin_memory,
+            on_device=on_device,
         )
         for arg, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
             if int(value) != value or value < 0:
