@@ -34,6 +34,7 @@ class Schedule(nn.Module, abc.ABC):
                 f"logsnr_min={logsnr_min}, logsnr_max={logsnr_max}; fix schedule.logsnr_min/logsnr_max"
             )
         self._set_endpoints(float(logsnr_min), float(logsnr_max))
+        self._pending: list[tuple[Tensor, Tensor]] = []  # micro-batches gathered by ``accumulate``
 
     #: True when the endpoints are parameters trained by the ELBO (the module then adds the prior and decoder terms).
     trainable_endpoints: bool = False
@@ -76,6 +77,18 @@ class Schedule(nn.Module, abc.ABC):
         Fixed schedules ignore it; adaptive schedules update their statistics and learned ones their
         variance-minimising gradient from it.
         """
+
+    def accumulate(self, logsnr: Tensor, loss: Tensor) -> None:
+        """Gradient accumulation: one micro-batch's λ and losses, before its backward; the schedule does not change
+        until :meth:`apply_accumulated` at the optimizer step. By default that makes one :meth:`update` with all
+        of the step's examples, the update of one batch as large as the k micro-batches together."""
+        self._pending.append((logsnr.detach(), loss.detach()))
+
+    def apply_accumulated(self) -> None:
+        """At the optimizer step, after the last micro-batch's backward: apply what :meth:`accumulate` gathered."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.update(torch.cat([p[0].reshape(-1) for p in pending]), torch.cat([p[1].reshape(-1) for p in pending]))
 
     def extra_repr(self) -> str:
         return f"logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}"
@@ -323,6 +336,7 @@ class LearnedSchedule(Schedule):
         self.d = nn.Parameter((bias / k).float())
         self.log_c = nn.Parameter(((weight / weight.mean()).log() / k).float())
         self._armed: list[list] = []
+        self._step_stats: Tensor | None = None  # [ΣL, count] of the current optimizer step (``accumulate``)
 
     # ---- endpoints: Python floats, or a trained parameter [λ_min, λ_max] read as floats
     def _set_endpoints(self, logsnr_min: float, logsnr_max: float) -> None:
@@ -435,6 +449,33 @@ class LearnedSchedule(Schedule):
         for holder in armed:
             if holder[1] == factor.numel():  # forwards of another size (plots, d/dt) keep factor 1
                 holder[0] = factor
+
+    @torch.no_grad()
+    def accumulate(self, logsnr: Tensor, loss: Tensor) -> None:
+        """Gradient accumulation: arm the pending forwards with the raw L_i and add to the step's ΣL and count;
+        :meth:`apply_accumulated` divides the shape gradients by L̄ of the whole step, so that the k micro-batches
+        give exactly the gradient Σ_i (L_i/L̄)·∂L_i/∂η of one batch k times larger."""
+        armed, self._armed = self._armed, []
+        loss = loss.detach()
+        stats = _all_reduce_sum(torch.stack([loss.sum(), torch.tensor(float(loss.numel()), device=loss.device,
+                                                                       dtype=loss.dtype)]))
+        self._step_stats = stats if self._step_stats is None else self._step_stats + stats
+        factor = loss.reshape(-1)
+        for holder in armed:
+            if holder[1] == factor.numel():
+                holder[0] = factor
+
+    @torch.no_grad()
+    def apply_accumulated(self) -> None:
+        """Divide the shape parameters' accumulated gradients by the step's mean loss L̄ (1 when L̄ is not > 0)."""
+        stats, self._step_stats = self._step_stats, None
+        if stats is None:
+            return
+        mean = stats[0] / stats[1]
+        scale = torch.where(torch.isfinite(mean) & (mean > 0), 1.0 / mean, torch.ones_like(mean))
+        for p in (self.log_a, self.log_b, self.d, self.log_c):
+            if p.grad is not None:
+                p.grad.mul_(scale.to(p.grad.dtype))
 
     def extra_repr(self) -> str:
         return (f"logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}, hidden={self.hidden}, "
