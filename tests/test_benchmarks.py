@@ -47,7 +47,8 @@ def test_python_mirror_builds_the_composed_configs_run(kwargs):
     assert (hydra.source, python.source) == ("hydra", "python")
     dh, dp = hydra.datamodule, python.datamodule
     assert type(dh) is type(dp)
-    for attr in ("batch_size", "eval_batch_size", "num_workers", "seed", "num_levels", "data_shape", "pin_memory"):
+    for attr in ("batch_size", "eval_batch_size", "num_workers", "seed", "num_levels", "data_shape", "pin_memory",
+                 "on_device"):
         assert getattr(dh, attr) == getattr(dp, attr), attr
     mh, mp = hydra.module, python.module
     assert repr(mh.net) == repr(mp.net)

@@ -90,6 +90,8 @@ class DeviceBatches:
     DataLoaders do), exactly the values the DataLoader path yields for the same sampler.
     """
 
+    batch_sampler = None  # Lightning inspects a loader's ``sampler`` and ``batch_sampler`` (set_epoch, shuffle check)
+
     def __init__(self, dataset: LevelDataset, batch_size: int, sampler: EpochSampler, device: torch.device,
                  drop_last: bool, with_index: bool = False):
         self.levels = dataset.levels.to(device)

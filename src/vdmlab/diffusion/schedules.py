@@ -435,35 +435,37 @@ class LearnedSchedule(Schedule):
             t = torch.where(inside, torch.minimum(torch.maximum(newton, lo), hi), 0.5 * (lo + hi))
         return t
 
-    @torch.no_grad()
-    def update(self, logsnr: Tensor, loss: Tensor) -> None:
-        """Arm the variance gradient: the backward of the pending forwards scales by L_i/L̄ (∇E[L²] = 2E[L∇L])."""
+    def _arm(self, factor: Tensor) -> None:
+        """Give the pending forwards of this batch's size the per-example gradient factor (others keep factor 1)."""
         armed, self._armed = self._armed, []
-        loss = loss.detach()
-        total = _all_reduce_sum(torch.stack([loss.sum(), torch.tensor(float(loss.numel()), device=loss.device,
-                                                                       dtype=loss.dtype)]))
-        mean = total[0] / total[1]
-        if not torch.isfinite(mean) or mean <= 0:
-            return  # a skipped (non-finite) step: leave the pending forwards at factor 1
-        factor = (loss / mean).reshape(-1)
         for holder in armed:
             if holder[1] == factor.numel():  # forwards of another size (plots, d/dt) keep factor 1
                 holder[0] = factor
+
+    @staticmethod
+    def _loss_total(loss: Tensor) -> Tensor:
+        """[ΣL, number of examples] over all DDP ranks (a fill, not a host-to-device copy, for the count)."""
+        total = loss.sum()
+        return _all_reduce_sum(torch.stack([total, torch.full_like(total, loss.numel())]))
+
+    @torch.no_grad()
+    def update(self, logsnr: Tensor, loss: Tensor) -> None:
+        """Arm the variance gradient: the backward of the pending forwards scales by L_i/L̄ (∇E[L²] = 2E[L∇L])."""
+        loss = loss.detach()
+        total = self._loss_total(loss)
+        mean = total[0] / total[1]
+        # a skipped (non-finite) step keeps factor 1; decided on the device, so no host sync per step
+        self._arm(torch.where(torch.isfinite(mean) & (mean > 0), loss / mean, torch.ones_like(loss)).reshape(-1))
 
     @torch.no_grad()
     def accumulate(self, logsnr: Tensor, loss: Tensor) -> None:
         """Gradient accumulation: arm the pending forwards with the raw L_i and add to the step's ΣL and count;
         :meth:`apply_accumulated` divides the shape gradients by L̄ of the whole step, so that the k micro-batches
         give exactly the gradient Σ_i (L_i/L̄)·∂L_i/∂η of one batch k times larger."""
-        armed, self._armed = self._armed, []
         loss = loss.detach()
-        stats = _all_reduce_sum(torch.stack([loss.sum(), torch.tensor(float(loss.numel()), device=loss.device,
-                                                                       dtype=loss.dtype)]))
-        self._step_stats = stats if self._step_stats is None else self._step_stats + stats
-        factor = loss.reshape(-1)
-        for holder in armed:
-            if holder[1] == factor.numel():
-                holder[0] = factor
+        total = self._loss_total(loss)
+        self._step_stats = total if self._step_stats is None else self._step_stats + total
+        self._arm(loss.reshape(-1))
 
     @torch.no_grad()
     def apply_accumulated(self) -> None:
