@@ -28,9 +28,9 @@ NAME = "gpu_checks"
 
 
 def noise_matches_cpu(device: torch.device) -> bool:
-    index = torch.randperm(2000, generator=torch.Generator().manual_seed(0))
-    cpu = counter_normal(3, index, 9, (3, 32, 32))
-    return bool(torch.equal(counter_normal(3, index.to(device), 9, (3, 32, 32)).cpu(), cpu))
+    index = torch.randperm(500, generator=torch.Generator().manual_seed(0))
+    cpu = counter_normal(3, index, 3, (3, 32, 32))  # 4.6 M values
+    return bool(torch.equal(counter_normal(3, index.to(device), 3, (3, 32, 32)).cpu(), cpu))
 
 
 def batches_match_cpu(device: torch.device) -> bool:

@@ -22,7 +22,7 @@ step() {  # step SECONDS SCRIPT ARGS...
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc;
   "$PY" -c "import torch, lightning, sklearn; print(torch.__version__, torch.version.cuda, lightning.__version__, sklearn.__version__)";
   "$PY" -c "import hydra" 2>&1 | tail -1; } 2>&1 | tee -a "$LOG"
-step 40 benchmarks/gpu_checks.py --device cuda --out "$OUT_DIR/gpu_checks_cuda.json"
+step 60 benchmarks/gpu_checks.py --device cuda --out "$OUT_DIR/gpu_checks_cuda.json"
 step 130 benchmarks/train_throughput.py --device cuda --batch-sizes 128 1024 --parameterizations eps energy \
   --steps 50 --warmup 10 --repeats 2 --out "$OUT_DIR/train_throughput_cuda.json"
 step 110 benchmarks/train_throughput.py --device cuda --networks cifar --batch-sizes 128 1024 --parameterizations eps \
@@ -32,7 +32,7 @@ step 40 benchmarks/eval_cost.py --device cuda --examples 10000 --eval-batch-size
 step 140 benchmarks/gpu_options.py --device cuda --network cifar --batch-sizes 128 \
   --options 32-true bf16-mixed channels_last "bf16-mixed + channels_last" compile "bf16-mixed + compile" \
   --steps 30 --warmup 10 --out "$OUT_DIR/gpu_options_cuda_cifar.json"
-step 60 benchmarks/gpu_options.py --device cuda --batch-sizes 128 1024 --options 32-true bf16-mixed channels_last \
+step 40 benchmarks/gpu_options.py --device cuda --batch-sizes 128 1024 --options 32-true bf16-mixed channels_last \
   --steps 40 --warmup 10 --out "$OUT_DIR/gpu_options_cuda.json"
 step 35 benchmarks/sampling_throughput.py --device cuda --batch-sizes 128 1024 --repeats 2 \
   --out "$OUT_DIR/sampling_throughput_cuda.json"
