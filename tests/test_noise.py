@@ -9,7 +9,7 @@ from scipy import stats
 
 from vdmlab.data import DigitsDataModule
 from vdmlab.diffusion import noise
-from vdmlab.diffusion.likelihood import negative_elbo
+from vdmlab.diffusion.likelihood import negative_elbo, per_example_normal
 from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.schedules import LinearSchedule
 from vdmlab.models import UNet
@@ -46,6 +46,9 @@ def test_an_examples_noise_does_not_depend_on_its_batch_or_the_seed_it_does_not_
     assert torch.equal(noise.counter_normal(7, index, range(2, 4), (3, 5, 5)), full[2:])  # draws are addressable
     assert not torch.equal(noise.counter_normal(8, index, 4, (3, 5, 5)), full)
     assert not torch.equal(noise.counter_normal(7 + 2**32, index, 4, (3, 5, 5)), full)  # every bit of the seed
+    seeds = index * 5 + 1_000_003
+    rows = per_example_normal(seeds, (3, 5, 5))  # the per-seed rows other estimators use (e.g. the ODE likelihood)
+    assert torch.equal(torch.cat([per_example_normal(seeds[i:i + 7], (3, 5, 5)) for i in range(0, 120, 7)]), rows)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -83,6 +83,13 @@ class ELBOTerms:
 GOLDEN = 0.6180339887498949  # frac of the golden ratio: t_i = frac(u + i·φ) is low-discrepancy in i
 
 
+def per_example_normal(seeds: Tensor, shape: tuple[int, ...], device=None, dtype=torch.float32) -> Tensor:
+    """Standard normal rows ``[B, *shape]`` where row i depends only on ``seeds[i]`` (taken modulo 2^32): the same
+    whatever the batch, the DDP rank or the device; made in one batched call by :func:`noise.counter_normal`."""
+    seeds = torch.as_tensor(seeds).to(device)
+    return counter_normal(0, seeds, 1, tuple(shape), dtype=dtype)[0]
+
+
 def negative_elbo(
     x: Tensor,
     *,
