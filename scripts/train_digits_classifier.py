@@ -68,7 +68,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # thread count changes float summation order; one thread makes the run reproducible
-    data = DigitsDataModule(seed=args.seed)
+    data = DigitsDataModule(seed=args.seed, batch_size=128, eval_batch_size=None, num_workers=0)
     data.setup()
     x_train = torch.stack([data.train_set[i] for i in range(len(data.train_set))])
     x_val = torch.stack([data.val_set[i] for i in range(len(data.val_set))])

@@ -26,6 +26,10 @@ from vdmlab.data import (
 )
 from vdmlab.data.toy2d import five_cluster_centres
 
+# the common datamodule arguments the configs set (conf/dataset/*.yaml); the constructors require them
+LOADERS = {"eval_batch_size": None, "num_workers": 0}
+COMMON = {"batch_size": 128, **LOADERS}
+
 
 def assert_on_grid(x: torch.Tensor, num_levels: int) -> None:
     """x is float32, in [-1, 1] and exactly on the K-level grid."""
@@ -57,13 +61,13 @@ def test_quantize_snaps_to_nearest_level():
 # --------------------------------------------------------------------------------------------- digits
 @pytest.fixture(scope="module")
 def digits() -> DigitsDataModule:
-    dm = DigitsDataModule(batch_size=64)
+    dm = DigitsDataModule(batch_size=64, **LOADERS)
     dm.setup()
     return dm
 
 
 def test_digits_contract_before_setup():
-    dm = DigitsDataModule()
+    dm = DigitsDataModule(**COMMON)
     assert dm.num_levels == 17 and dm.data_shape == (1, 8, 8) and dm.data_dim == 64
     assert dm.train_set is None  # nothing loaded yet
 
@@ -114,13 +118,13 @@ def test_loader_settings():
     train, val = dm.train_dataloader(), dm.val_dataloader()  # setup() runs on demand
     assert train.batch_size == 32 and val.batch_size == 100
     assert train.persistent_workers and train.num_workers == 2
-    assert not DigitsDataModule(on_device="false").train_dataloader().persistent_workers
-    held = DigitsDataModule(batch_size=32, eval_batch_size=100)  # on_device=auto: batches gathered on the device
+    assert not DigitsDataModule(on_device="false", **COMMON).train_dataloader().persistent_workers
+    held = DigitsDataModule(batch_size=32, eval_batch_size=100, num_workers=0)  # on_device=auto: gathered on device
     assert held.train_dataloader().batch_size == 32 and held.val_dataloader().batch_size == 100
 
 
 def test_digits_shuffle_reproducible():
-    a, b, c = (DigitsDataModule(batch_size=32, seed=s) for s in (0, 0, 1))
+    a, b, c = (DigitsDataModule(batch_size=32, seed=s, **LOADERS) for s in (0, 0, 1))
     for dm in (a, b, c):
         dm.setup()
     assert torch.equal(first_batch(a), first_batch(b))
@@ -129,7 +133,7 @@ def test_digits_shuffle_reproducible():
 
 
 def test_batch_larger_than_train_set_is_explained():
-    dm = Toy2DDataModule(n_train=10, n_val=5, n_test=5, batch_size=16)
+    dm = Toy2DDataModule(n_train=10, n_val=5, n_test=5, batch_size=16, **LOADERS)
     with pytest.raises(ValueError, match="batch_size"):
         dm.train_dataloader()
 
@@ -137,7 +141,7 @@ def test_batch_larger_than_train_set_is_explained():
 # --------------------------------------------------------------------------------------------- toy2d
 @pytest.mark.parametrize("name", TOY2D_NAMES)
 def test_toy2d_generates_on_grid(name: str):
-    dm = Toy2DDataModule(name=name, n_train=500, n_val=100, n_test=50, batch_size=100)
+    dm = Toy2DDataModule(name=name, n_train=500, n_val=100, n_test=50, batch_size=100, **LOADERS)
     assert dm.num_levels == 256 and dm.data_shape == (2,)
     dm.setup()
     x = stack(dm.train_set)
@@ -150,13 +154,13 @@ def test_toy2d_generates_on_grid(name: str):
 
 
 def test_toy2d_deterministic_from_seed():
-    a, b, c = (Toy2DDataModule(n_train=200, n_val=20, n_test=20, seed=s) for s in (3, 3, 4))
+    a, b, c = (Toy2DDataModule(n_train=200, n_val=20, n_test=20, seed=s, **COMMON) for s in (3, 3, 4))
     for dm in (a, b, c):
         dm.setup()
     assert torch.equal(stack(a.train_set), stack(b.train_set))
     assert not torch.equal(stack(a.train_set), stack(c.train_set))
     # each split has its own stream, so the test set does not depend on n_train
-    d = Toy2DDataModule(n_train=50, n_val=20, n_test=20, seed=3)
+    d = Toy2DDataModule(n_train=50, n_val=20, n_test=20, seed=3, **COMMON)
     d.setup()
     assert torch.equal(stack(a.test_set), stack(d.test_set))
 
@@ -170,7 +174,7 @@ def box_grid(n: int) -> tuple[torch.Tensor, float]:
 
 
 def test_five_clusters_density():
-    dm = Toy2DDataModule(name="five_clusters")
+    dm = Toy2DDataModule(name="five_clusters", **COMMON)
     assert dm.has_density
     points, area = box_grid(400)
     log_p = dm.log_prob(points)
@@ -184,7 +188,7 @@ def test_five_clusters_density():
 
 
 def test_checkerboard_density():
-    dm = Toy2DDataModule(name="checkerboard")
+    dm = Toy2DDataModule(name="checkerboard", **COMMON)
     points, area = box_grid(400)  # cell edges fall on the board's edges: the quadrature is exact
     p = dm.log_prob(points).exp()
     assert abs(float(p.sum() * area) - 1.0) < 1e-9
@@ -195,7 +199,7 @@ def test_checkerboard_density():
 
 
 def test_moons_has_no_density():
-    dm = Toy2DDataModule(name="moons")
+    dm = Toy2DDataModule(name="moons", **COMMON)
     assert not dm.has_density
     with pytest.raises(ValueError, match="moons has no analytic density"):
         dm.log_prob(torch.zeros(2, 2))
@@ -203,7 +207,7 @@ def test_moons_has_no_density():
 
 def test_toy2d_unknown_name_lists_allowed():
     with pytest.raises(ValueError) as info:
-        Toy2DDataModule(name="spirals")
+        Toy2DDataModule(name="spirals", **COMMON)
     for name in TOY2D_NAMES:
         assert name in str(info.value)
 
@@ -238,7 +242,7 @@ def write_fake_mnist(root: Path, n_train: int = 20, n_test: int = 10, compress: 
 
 def test_mnist_loads_fake_files(tmp_path: Path):
     arrays = write_fake_mnist(tmp_path)
-    dm = MNISTDataModule(root=str(tmp_path), download=False, val_size=5, batch_size=4)
+    dm = MNISTDataModule(root=str(tmp_path), download=False, val_size=5, batch_size=4, **LOADERS, pad_to_32=False)
     assert dm.num_levels == 256 and dm.data_shape == (1, 28, 28)
     dm.prepare_data()
     dm.setup()
@@ -258,7 +262,7 @@ def test_mnist_loads_fake_files(tmp_path: Path):
 
 def test_mnist_pad_and_gz(tmp_path: Path):
     write_fake_mnist(tmp_path, compress=True)  # only the .gz files, as copied from the download site
-    dm = MNISTDataModule(root=str(tmp_path), download=False, val_size=5, pad_to_32=True)
+    dm = MNISTDataModule(root=str(tmp_path), download=False, val_size=5, pad_to_32=True, **COMMON)
     assert dm.data_shape == (1, 32, 32)
     dm.setup()
     x = stack(dm.test_set)
@@ -292,7 +296,7 @@ def write_fake_cifar(root: Path, per_batch: int = 4, n_test: int = 10) -> list[n
 
 def test_cifar10_loads_fake_files(tmp_path: Path):
     batches = write_fake_cifar(tmp_path)
-    dm = CIFAR10DataModule(root=str(tmp_path), download=False, val_size=6, batch_size=5)
+    dm = CIFAR10DataModule(root=str(tmp_path), download=False, val_size=6, batch_size=5, **LOADERS)
     assert dm.num_levels == 256 and dm.data_shape == (3, 32, 32)
     dm.prepare_data()
     dm.setup()
@@ -311,7 +315,7 @@ def test_cifar10_loads_fake_files(tmp_path: Path):
     [(MNISTDataModule, "MNIST/raw", "mnist"), (CIFAR10DataModule, "cifar-10-batches-py", "cifar-10")],
 )
 def test_missing_files_without_download(tmp_path: Path, cls, folder: str, url: str):
-    dm = cls(root=str(tmp_path / "empty"), download=False)
+    dm = cls(root=str(tmp_path / "empty"), download=False, **COMMON, **({"pad_to_32": False} if cls is MNISTDataModule else {}))
     for step in (dm.prepare_data, dm.setup):
         with pytest.raises(DatasetNotFoundError) as info:
             step()
@@ -336,7 +340,7 @@ def test_missing_files_download_fails_offline(tmp_path: Path, cls):
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(2)
     try:
-        dm = cls(root=str(tmp_path), download=True)
+        dm = cls(root=str(tmp_path), download=True, **COMMON, **({"pad_to_32": False} if cls is MNISTDataModule else {}))
         with pytest.raises(DatasetNotFoundError, match="download failed") as info:
             dm.prepare_data()
     finally:
@@ -361,7 +365,7 @@ def image_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_folder_loads(image_dir: Path, channels: int):
-    dm = ImageFolderDataModule(root=str(image_dir), image_size=12, channels=channels, batch_size=2)
+    dm = ImageFolderDataModule(root=str(image_dir), image_size=12, channels=channels, batch_size=2, **LOADERS)
     assert dm.num_levels == 256 and dm.data_shape == (channels, 12, 12)
     dm.setup()
     sizes = [len(dm.train_set), len(dm.val_set), len(dm.test_set)]
@@ -370,13 +374,13 @@ def test_image_folder_loads(image_dir: Path, channels: int):
     assert x.shape == (5, channels, 12, 12)
     assert_on_grid(x, 256)
     assert first_batch(dm).shape == (2, channels, 12, 12)
-    again = ImageFolderDataModule(root=str(image_dir), image_size=12, channels=channels)
+    again = ImageFolderDataModule(root=str(image_dir), image_size=12, channels=channels, **COMMON)
     again.setup()
     assert again.val_set.files == dm.val_set.files  # seeded split
 
 
 def test_image_folder_pixel_values(image_dir: Path):
-    dm = ImageFolderDataModule(root=str(image_dir), image_size=8, channels=3, val_fraction=0, test_fraction=0)
+    dm = ImageFolderDataModule(root=str(image_dir), image_size=8, channels=3, val_fraction=0, test_fraction=0, **COMMON)
     dm.setup()
     files = dm.train_set.files
     x = dm.train_set[files.index(image_dir / "a.png")]
@@ -387,7 +391,7 @@ def test_image_folder_pixel_values(image_dir: Path):
 def test_image_folder_empty(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    dm = ImageFolderDataModule(root=str(tmp_path / "empty"))
+    dm = ImageFolderDataModule(root=str(tmp_path / "empty"), **COMMON)
     with pytest.raises(ValueError) as info:
         dm.setup()
     assert str((tmp_path / "empty").resolve()) in str(info.value)
@@ -399,14 +403,14 @@ def test_image_folder_corrupt_file(image_dir: Path):
     bad = image_dir / "sub" / "broken.png"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
     with pytest.raises(ValueError, match="broken.png") as info:
-        ImageFolderDataModule(root=str(image_dir)).setup()
+        ImageFolderDataModule(root=str(image_dir), **COMMON).setup()
     assert str(bad.resolve()) in str(info.value)
 
 
 def test_image_folder_missing_root(tmp_path: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError) as info:
-        ImageFolderDataModule(root=str(missing)).setup()
+        ImageFolderDataModule(root=str(missing), **COMMON).setup()
     assert str(missing.resolve()) in str(info.value) and "dataset.root" in str(info.value)
 
 
@@ -415,4 +419,4 @@ def test_image_folder_missing_root(tmp_path: Path):
 )
 def test_image_folder_bad_arguments(image_dir: Path, kwargs: dict, match: str):
     with pytest.raises(ValueError, match=match):
-        ImageFolderDataModule(root=str(image_dir), **kwargs)
+        ImageFolderDataModule(root=str(image_dir), **kwargs, **COMMON)

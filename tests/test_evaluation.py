@@ -74,6 +74,8 @@ def test_eval_py_and_sample_py_run_on_the_checkpoint(trained, tmp_path):
     assert "test/bpd" in result.stdout and "test/fid" in result.stdout
     metrics = json.loads(next(tmp_path.glob("eval/runs/*/metrics.json")).read_text())
     assert metrics["test/fid_n"] == 200 and math.isfinite(metrics["test/fid"])
+    eval_log = next(tmp_path.glob("eval/runs/*/eval.log")).read_text()  # the job log holds the table too
+    assert "test/bpd" in eval_log and "(FID@200" in eval_log and "metrics written to" in eval_log
     result = subprocess.run([sys.executable, "sample.py", f"ckpt_path={trained}", "sampler=ddim", "sampler.steps=20",
                              "sampling_schedule=cosine", "num_samples=16", env_log],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -81,6 +83,7 @@ def test_eval_py_and_sample_py_run_on_the_checkpoint(trained, tmp_path):
     run_dir = next(tmp_path.glob("sample/runs/*"))
     x = np.load(run_dir / "samples.npz")["x"]
     assert x.shape == (16, 1, 8, 8) and (run_dir / "samples.png").is_file()
+    assert "16 samples from" in (run_dir / "sample.log").read_text() and "samples.npz" in result.stdout
     levels = np.linspace(-1, 1, 17, dtype=np.float32)
     assert np.isclose(x[..., None], levels, atol=1e-6).any(-1).all()  # decoded to the 17 data levels
 
@@ -108,8 +111,8 @@ def test_bits_per_dim_under_ddp_equals_single_process():
         trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                             enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
                             use_distributed_sampler=False)
-        results[devices] = trainer.validate(small_module(), datamodule=SevenValDigits(eval_batch_size=3),
-                                            verbose=False)[0]
+        datamodule = SevenValDigits(batch_size=128, eval_batch_size=3, num_workers=0)
+        results[devices] = trainer.validate(small_module(), datamodule=datamodule, verbose=False)[0]
     assert results[2]["val/bpd"] == pytest.approx(results[1]["val/bpd"], rel=1e-6)
     assert results[2]["val/bpd_se"] == pytest.approx(results[1]["val/bpd_se"], rel=1e-5)
 

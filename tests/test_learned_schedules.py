@@ -10,18 +10,19 @@ import lightning as L
 import pytest
 import torch
 from conftest import REPO
-from ddp_workers import schedule_statistics
+from ddp_workers import run_ranks, schedule_statistics
 from scipy import stats
 from torch import nn
 
 from vdmlab.cli.build import build_from_checkpoint, build_run
+from vdmlab.diffusion import learned_schedules as LS
 from vdmlab.diffusion import schedules as S
 from vdmlab.diffusion.losses import diffusion_loss
 from vdmlab.diffusion.parameterization import EpsParameterization, VParameterization
 from vdmlab.diffusion.weighting import ELBOWeighting, SigmoidWeighting
 
 
-def perturbed(schedule: S.LearnedSchedule, scale: float = 0.5, seed: int = 0) -> S.LearnedSchedule:
+def perturbed(schedule: LS.LearnedSchedule, scale: float = 0.5, seed: int = 0) -> LS.LearnedSchedule:
     """The schedule with random shape parameters, so identities are checked away from the initialisation."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -31,9 +32,9 @@ def perturbed(schedule: S.LearnedSchedule, scale: float = 0.5, seed: int = 0) ->
     return schedule
 
 
-def fitted_adaptive(num_bins: int = 30, dtype=torch.float64) -> S.AdaptiveSchedule:
+def fitted_adaptive(num_bins: int = 30, dtype=torch.float64) -> LS.AdaptiveSchedule:
     """An adaptive schedule fed a bimodal statistic w‖ε - ε̂‖² = f(λ), so that p(λ) is far from uniform."""
-    schedule = S.AdaptiveSchedule(-5.0, 10.0, num_bins=num_bins, ema_decay=0.9, uniform_mix=0.05)
+    schedule = LS.AdaptiveSchedule(-5.0, 10.0, num_bins=num_bins, ema_decay=0.9, uniform_mix=0.05)
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         logsnr = schedule.logsnr(torch.rand(500, generator=gen, dtype=dtype))
@@ -42,9 +43,9 @@ def fitted_adaptive(num_bins: int = 30, dtype=torch.float64) -> S.AdaptiveSchedu
     return schedule
 
 
-LEARNED = [S.LearnedSchedule(-5.0, 10.0), perturbed(S.LearnedSchedule(-5.0, 10.0)),
-           perturbed(S.LearnedSchedule(-7.3, 13.3, hidden=16, lr_multiplier=3.0), scale=2.0)]
-ALL = [*LEARNED, S.AdaptiveSchedule(-5.0, 10.0), fitted_adaptive()]
+LEARNED = [LS.LearnedSchedule(-5.0, 10.0, lr_multiplier=1.0), perturbed(LS.LearnedSchedule(-5.0, 10.0, lr_multiplier=1.0)),
+           perturbed(LS.LearnedSchedule(-7.3, 13.3, hidden=16, lr_multiplier=3.0), scale=2.0)]
+ALL = [*LEARNED, LS.AdaptiveSchedule(-5.0, 10.0), fitted_adaptive()]
 IDS = ["learned-init", "learned-perturbed", "learned-small", "adaptive-uniform", "adaptive-fitted"]
 
 
@@ -85,7 +86,7 @@ def test_learned_derivative_matches_finite_difference(schedule):
 
 
 def test_learned_is_vdm_monotone_network_with_positive_weights():
-    schedule = S.LearnedSchedule(-5.0, 10.0)
+    schedule = LS.LearnedSchedule(-5.0, 10.0, lr_multiplier=1.0)
     a, b, c, _ = schedule._unit_params(torch.float64)
     assert schedule.log_b.shape == schedule.log_c.shape == schedule.d.shape == (1024,)
     assert a > 0 and (b > 0).all() and (c > 0).all()
@@ -132,7 +133,7 @@ def finite_difference(param, index, fn, h=1e-4):
                          ids=["elbo-eps", "sigmoid-v"])
 def test_shape_gradient_is_the_gradient_of_the_empirical_second_moment(weighting, parameterization):
     torch.manual_seed(0)
-    schedule = perturbed(S.LearnedSchedule(-5.0, 10.0, hidden=4, learn_endpoints=True), scale=1.0).double()
+    schedule = perturbed(LS.LearnedSchedule(-5.0, 10.0, hidden=4, learn_endpoints=True, lr_multiplier=1.0), scale=1.0).double()
     net = TinyDenoiser(3).double()
     x, t, eps = torch.randn(6, 3, dtype=torch.float64), torch.rand(6, dtype=torch.float64), torch.randn(6, 3).double()
     objective = dict(net=net, x=x, t=t, eps=eps, weighting=weighting, parameterization=parameterization)
@@ -160,7 +161,7 @@ def test_shape_gradient_is_the_gradient_of_the_empirical_second_moment(weighting
 
 def test_backward_without_update_uses_the_plain_gradient_and_never_a_stale_factor():
     torch.manual_seed(1)
-    schedule = perturbed(S.LearnedSchedule(-5.0, 10.0, hidden=4), scale=1.0).double()
+    schedule = perturbed(LS.LearnedSchedule(-5.0, 10.0, hidden=4, lr_multiplier=1.0), scale=1.0).double()
     net = TinyDenoiser(3).double()
     objective = dict(net=net, x=torch.randn(5, 3).double(), t=torch.rand(5).double(), eps=torch.randn(5, 3).double(),
                      weighting=ELBOWeighting(), parameterization=EpsParameterization())
@@ -174,7 +175,7 @@ def test_backward_without_update_uses_the_plain_gradient_and_never_a_stale_facto
 
 def test_endpoints_stay_exact_while_the_shape_trains():
     torch.manual_seed(0)
-    schedule, net = S.LearnedSchedule(-5.0, 13.3), TinyDenoiser(4)
+    schedule, net = LS.LearnedSchedule(-5.0, 13.3, lr_multiplier=1.0), TinyDenoiser(4)
     before = [p.detach().clone() for p in schedule.parameters()]
     optimizer = torch.optim.Adam([*schedule.parameters(), *net.parameters()], lr=0.05)
     for _ in range(5):
@@ -205,7 +206,7 @@ def test_adaptive_samples_follow_its_density():
 
 def test_adaptive_density_is_the_ema_statistic_mixed_with_uniform():
     """With a statistic constant in each bin, p(λ)Δ = 0.95·f_k/Σf + 0.05/K exactly once every bin is seen (eq. 4.130)."""
-    schedule = S.AdaptiveSchedule(-5.0, 10.0, num_bins=15, ema_decay=0.5, uniform_mix=0.05)
+    schedule = LS.AdaptiveSchedule(-5.0, 10.0, num_bins=15, ema_decay=0.5, uniform_mix=0.05)
     centres = torch.linspace(-4.5, 9.5, 15, dtype=torch.float64)
     f = 1.0 + torch.exp(-0.5 * (centres - 3.0) ** 2)  # any positive statistic
     for _ in range(3):
@@ -216,16 +217,9 @@ def test_adaptive_density_is_the_ema_statistic_mixed_with_uniform():
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_statistics_are_all_reduced_over_ddp_ranks(tmp_path):
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    procs = [ctx.Process(target=schedule_statistics, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get() for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = sorted(run_ranks(schedule_statistics, 2, str(tmp_path / "init")))
     (_, lam0, loss0, *state0), (_, lam1, loss1, *state1) = results
-    pooled = S.AdaptiveSchedule(-5.0, 10.0, num_bins=10)
+    pooled = LS.AdaptiveSchedule(-5.0, 10.0, num_bins=10)
     pooled.update(torch.cat([lam0, lam1]), torch.cat([loss0, loss1]))
     for a, b, c in zip(state0[:2], state1[:2], (pooled.ema_sum, pooled.ema_weight)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # every rank holds the same schedule
@@ -306,5 +300,23 @@ def test_train_py_learned_schedule_subprocess(tmp_path):
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss_variance" in header
     schedule = build_from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt")).module.schedule
-    assert isinstance(schedule, S.LearnedSchedule)
+    assert isinstance(schedule, LS.LearnedSchedule)
     assert schedule.logsnr(torch.tensor([0.0, 1.0])).tolist() == [10.0, -5.0]
+
+
+@pytest.mark.parametrize("make", [lambda: LS.LearnedSchedule(-30.0, 30.0, hidden=16, lr_multiplier=1.0),
+                                  lambda: LS.AdaptiveSchedule(-30.0, 30.0, num_bins=20)], ids=["learned", "adaptive"])
+def test_float32_tails_at_plus_minus_30(make):
+    """λ ∈ [-30, 30] in float32: finite λ(t), dλ/dt, t(λ), p(λ) with t = 0 and 1 exactly, exact endpoints,
+    t(λ(t)) = t and ∫p(λ)dλ = 1."""
+    schedule = make()
+    t = torch.linspace(0.0, 1.0, 4001)
+    with torch.no_grad():
+        logsnr, dlogsnr = schedule(t)
+    assert torch.isfinite(logsnr).all() and torch.isfinite(dlogsnr).all() and (dlogsnr < 0).all()
+    assert logsnr[0].item() == 30.0 and logsnr[-1].item() == -30.0
+    torch.testing.assert_close(schedule.t_of(logsnr), t, atol=1e-4, rtol=0)
+    grid = torch.linspace(-30.0, 30.0, 200001)
+    p = schedule.density(grid).detach()
+    assert torch.isfinite(p).all() and (p >= 0).all()
+    assert torch.trapezoid(p.double(), grid.double()).item() == pytest.approx(1.0, abs=1e-3)

@@ -164,7 +164,7 @@ def test_discretized_decoder_is_a_distribution_that_resolves_levels_at_high_snr(
 def test_negative_elbo_in_bits_per_dim_is_finite_and_beats_uniform_for_the_oracle():
     """With the Gaussian oracle on data quantized to 256 levels the bound is far below log2(256) = 8 bits/dim."""
     K = 256
-    x = L.levels(K, dtype=torch.float64)[L.level_index(draw_data(64), K)]
+    x = L.levels(K, dtype=torch.float64)[L.values_to_levels(draw_data(64), K)]
     terms = L.negative_elbo(x, net=GaussianOracle(MU, STD), schedule=S.CosineSchedule(-10.0, 12.0),
                             parameterization=PZ.EpsParameterization(), num_levels=K, num_samples=4,
                             generator=torch.Generator().manual_seed(0))

@@ -40,7 +40,7 @@ EPS64 = torch.finfo(torch.float64).eps
 @pytest.fixture(scope="module")
 def digits():
     """The digits splits as stacked tensors in [-1, 1] plus the test labels."""
-    dm = DigitsDataModule()
+    dm = DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0)
     dm.setup()
     stack = lambda ds: torch.stack([ds[i] for i in range(len(ds))])
     return {"train": stack(dm.train_set), "val": stack(dm.val_set), "test": stack(dm.test_set), "test_labels": dm.test_labels}
@@ -108,7 +108,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, sizes: list[int], out_dir
                 exact.update(fixed_nats(x), index=index)
                 naive.update(fixed_nats(x))
             results[n] = {"exact": exact.stats(), "compute": exact.compute(), "naive": naive.stats()}
-        dm = DigitsDataModule()
+        dm = DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0)
         dm.setup()
         fid = FIDMetric(DigitsFeatures(load_digits_classifier()))
         fid.update_from_dataset(UniqueIndexDataset(dm.test_set), real=True)
@@ -161,7 +161,7 @@ def test_evaluate_bpd_untrained_unet_reports_finite_terms(parameterization):
     torch.manual_seed(0)
     net = UNet(in_channels=1, image_size=8, width=16, num_res_blocks=1)
     param = {"eps": EpsParameterization, "energy": EnergyParameterization}[parameterization]()
-    dm = DigitsDataModule()
+    dm = DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0)
     dm.setup()
     loader = DataLoader(UniqueIndexDataset(Subset(dm.test_set, range(40))), batch_size=16)
     run = lambda: evaluate_bpd(

@@ -190,7 +190,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_training_with_the_last_ch
     trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, callbacks=[checkpoints],
                         inference_mode=False, enable_model_summary=False)
     with pytest.raises(NonFiniteLossError, match="4 consecutive training steps had a non-finite loss or gradient"):
-        trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=64, eval_batch_size=None, num_workers=0))
     assert module.nonfinite_steps == 4
     good = load_checkpoint(tmp_path / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())

@@ -9,7 +9,7 @@ from vdmlab.diffusion import schedules as S
 
 SCHEDULES = [
     S.LinearSchedule(-5.0, 10.0),
-    S.LinearSchedule(),
+    S.LinearSchedule(-5.0, 13.3),  # VDM's γ ∈ [-13.3, 5]
     S.CosineSchedule(-5.0, 10.0),
     S.CosineSchedule(-15.0, 15.0),
     S.ShiftedCosineSchedule(-10.0, 12.0, shift=1.3),
@@ -100,3 +100,51 @@ def test_sampling_grid_is_increasing_from_min_to_max():
     assert grid.shape == (11,)
     assert (grid[1:] > grid[:-1]).all()
     assert grid[0].item() == pytest.approx(-5.0, abs=1e-5) and grid[-1].item() == pytest.approx(10.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- float32 tails
+WIDE = [S.LinearSchedule(-30.0, 30.0), S.CosineSchedule(-30.0, 30.0),
+        S.ShiftedCosineSchedule(-30.0, 30.0, shift=1.3), S.SimpleDiffusionSchedule(-30.0, 30.0, resolution=8, base=64),
+        S.SimpleDiffusionSchedule(-30.0, 30.0, resolution=512, base=64), S.EDMSchedule(-30.0, 30.0),
+        S.FlowSchedule(-30.0, 30.0)]
+WIDE_IDS = [f"{type(s).__name__}[shift={getattr(s, 'shift', 0):.2f}]" for s in WIDE]
+
+
+@pytest.mark.parametrize("schedule", WIDE, ids=WIDE_IDS)
+def test_float32_tails_at_plus_minus_30_finite_exact_endpoints_round_trip_and_density(schedule):
+    """λ ∈ [-30, 30] in float32: λ(t), dλ/dt, t(λ), p(λ) finite on a dense grid with t = 0 and 1 exactly, the
+    endpoints exact, t(λ(t)) = t and ∫p(λ)dλ = 1."""
+    t = torch.linspace(0.0, 1.0, 100001)
+    assert t[0].item() == 0.0 and t[-1].item() == 1.0
+    logsnr, dlogsnr = schedule(t)
+    assert torch.isfinite(logsnr).all() and torch.isfinite(dlogsnr).all() and (dlogsnr < 0).all()
+    assert logsnr[0].item() == 30.0 and logsnr[-1].item() == -30.0
+    assert (logsnr[1:] <= logsnr[:-1]).all()
+    back = schedule.t_of(logsnr)
+    assert torch.isfinite(back).all()
+    torch.testing.assert_close(back, t, atol=1e-6, rtol=0)
+    grid = torch.linspace(-30.0, 30.0, 200001)
+    p = schedule.density(grid)
+    assert torch.isfinite(p).all() and (p >= 0).all()
+    assert torch.trapezoid(p.double(), grid.double()).item() == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("logsnr_max", [22.0, 22.5, 25.0, 30.0])
+def test_edm_derivative_finite_at_t0_beyond_the_ndtr_underflow(logsnr_max, dtype):
+    """Φ((mean - λ_max)/std) underflows in ndtr's lower tail for λ_max > 22.3: τ₀ must still be positive."""
+    schedule = S.EDMSchedule(-5.0, logsnr_max)
+    assert schedule.tau0 > 0
+    d = schedule.dlogsnr_dt(torch.tensor([0.0, 1e-7, 1.0], dtype=dtype))
+    assert torch.isfinite(d).all() and (d < 0).all()
+    # p(λ) = N(λ; mean, std²)/(τ₁ - τ₀): the derivative at t = 0 is -1/p(λ_max)
+    normal = torch.distributions.Normal(torch.tensor(2.4, dtype=torch.float64), 2.4)
+    p_max = normal.log_prob(torch.tensor(logsnr_max, dtype=torch.float64)).exp() / schedule.span
+    assert d[0].item() == pytest.approx(-1.0 / p_max.item(), rel=1e-4)
+
+
+def test_cosine_keeps_logsnr_min_in_float32_near_t1():
+    """τ near 1 rounds in float32; the complementary tail keeps λ(t) within float32 rounding of float64."""
+    for schedule in (S.CosineSchedule(-30.0, 30.0), S.SimpleDiffusionSchedule(-30.0, 30.0, resolution=8, base=64)):
+        t = torch.linspace(0.99, 1.0, 1001)  # float32 times; the reference evaluates the same times in float64
+        torch.testing.assert_close(schedule.logsnr(t).double(), schedule.logsnr(t.double()), atol=1e-4, rtol=1e-5)

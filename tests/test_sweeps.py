@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 from wandb_offline import read_offline_run
 
 from vdmlab import loggers
+from vdmlab.analysis.compare import compare, read_metrics
 from vdmlab.callbacks import SampleGrid, SchedulePlot
-from vdmlab.cli.compare import compare, main, read_metrics
+from vdmlab.cli.compare import main
 from vdmlab.cli.jobs import single_job_argv
 from vdmlab.cli.train import instantiate_all
 from vdmlab.diffusion.schedules import CosineSchedule

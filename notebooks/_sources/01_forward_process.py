@@ -102,7 +102,7 @@ CELLS = [
     $\boldsymbol{\epsilon}$ is used in every panel, so the rows differ only through $\lambda(t)$.
     """),
     (C, r"""
-    digits = DigitsDataModule()
+    digits = DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0)
     digits.setup()
     pick = [int((digits.train_labels == label).nonzero()[0]) for label in (2, 7)]  # the first 2 and the first 7
     x = levels_to_values(digits.train_set.levels[pick], digits.num_levels)  # [2, 1, 8, 8] in [-1, 1]

@@ -31,6 +31,7 @@ CELLS = [
     from IPython.display import Image, Markdown, display
 
     from vdmlab.callbacks.plots import plot_schedule_and_weighting  # the plot logged during training
+    from vdmlab.diffusion import learned_schedules as LS
     from vdmlab.diffusion import schedules as S
     from vdmlab.diffusion import weighting as W
     from vdmlab.diffusion.process import alpha_sigma
@@ -69,8 +70,8 @@ CELLS = [
         "shifted cosine (8x8)": S.SimpleDiffusionSchedule(LO, HI, resolution=8),
         "EDM": S.EDMSchedule(LO, HI),
         "flow": S.FlowSchedule(LO, HI),
-        "learned (init)": S.LearnedSchedule(LO, HI, hidden=256),
-        "adaptive (init)": S.AdaptiveSchedule(LO, HI),
+        "learned (init)": LS.LearnedSchedule(LO, HI, hidden=256, lr_multiplier=1.0),
+        "adaptive (init)": LS.AdaptiveSchedule(LO, HI),
     }
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     rows = []

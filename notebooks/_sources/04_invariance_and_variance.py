@@ -32,6 +32,7 @@ CELLS = [
     from IPython.display import Markdown, display
     from torch import nn
 
+    from vdmlab.diffusion import learned_schedules as LS
     from vdmlab.diffusion import schedules as S
     from vdmlab.diffusion import weighting as W
     from vdmlab.diffusion.losses import diffusion_loss, iid_times, low_discrepancy_times
@@ -218,7 +219,7 @@ CELLS = [
     (C, r"""
     def fit_learned(weighting, steps=600, lr=0.02, batch=256, seed=2):
         # Adam on the variance gradient of the learned shape; returns the schedule and E[L²] per step
-        schedule = S.LearnedSchedule(LO, HI)
+        schedule = LS.LearnedSchedule(LO, HI, lr_multiplier=1.0)
         optimizer = torch.optim.Adam(schedule.parameters(), lr=lr)
         g = torch.Generator().manual_seed(seed)
         second_moment = []
@@ -238,7 +239,7 @@ CELLS = [
     @torch.no_grad()
     def fit_adaptive(weighting, batches=20, batch=256, seed=3):
         # accumulate the bin statistics of eq. (4.130), each batch drawn from the current density as in training
-        schedule = S.AdaptiveSchedule(LO, HI, num_bins=100)
+        schedule = LS.AdaptiveSchedule(LO, HI, num_bins=100)
         g = torch.Generator().manual_seed(seed)
         for _ in range(batches):
             x = MU + STD * torch.randn(batch, D, dtype=torch.float64, generator=g)

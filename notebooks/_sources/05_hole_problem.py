@@ -76,11 +76,11 @@ CELLS = [
     (M, r"""
     ## The data
 
-    `Toy2DDataModule(name="five_clusters")`: an equal-weight mixture of five Gaussians (std 0.08) on a circle of radius 0.6,
+    `Toy2DDataModule(name="five_clusters", batch_size=128, eval_batch_size=None, num_workers=0)`: an equal-weight mixture of five Gaussians (std 0.08) on a circle of radius 0.6,
     quantised to a 256-level grid, with its analytic density `log_prob`. Both models train on the same 8,000 points.
     """),
     (C, r"""
-    data = Toy2DDataModule(name="five_clusters", n_train=8000, batch_size=512, seed=0)
+    data = Toy2DDataModule(name="five_clusters", n_train=8000, batch_size=512, seed=0, eval_batch_size=None, num_workers=0)
     data.setup()
     x_train = levels_to_values(data.train_set.levels, data.num_levels)  # [8000, 2] in [-1, 1]
     x_test = levels_to_values(data.test_set.levels, data.num_levels)

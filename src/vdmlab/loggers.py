@@ -1,7 +1,7 @@
-"""Experiment loggers: a CSV logger that appends when a run resumes, and a Weights & Biases factory that groups
-runs by sweep, tags them by their config choices and
-goes offline by itself when there are no credentials (design §6: the mode is passed to ``wandb.init``, never set
-process-wide through ``WANDB_MODE``)."""
+"""Experiment loggers: a CSV logger that appends when a run resumes, a Weights & Biases factory that groups
+runs by sweep, tags them by their config choices and goes offline by itself when there are no credentials (the
+mode is passed to ``wandb.init``, never set process-wide through ``WANDB_MODE``), the one way every command
+finishes its loggers, and the console format of the job log (conf/hydra/default.yaml)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import csv
 import logging
 import netrc
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class VDMWandbLogger(WandbLogger):
         run = WandbLogger.experiment.fget(self)  # rank-zero only: other ranks get a dummy experiment
         if created and getattr(run, "offline", False) is True:
             sync_dir = Path(run.dir).parent
-            print(f"W&B offline run saved in {sync_dir}\n  upload it later with: wandb sync {sync_dir}", flush=True)
+            log.info("W&B offline run saved in %s\n  upload it later with: wandb sync %s", sync_dir, sync_dir)
         return run
 
 
@@ -171,3 +172,40 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def finish_wandb() -> None:
+    """``wandb.finish()`` if a run is open: without it the next job of a multirun logs into the same run."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def finish_loggers(loggers: Iterable[Any], status: str = "success") -> None:
+    """Close every logger of a command (train, eval), then the W&B run: each job of a multirun gets its own."""
+    for logger in loggers:
+        if hasattr(logger, "finalize"):
+            logger.finalize(status)
+    finish_wandb()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console side of the job log: the bare message (the job log file keeps time, logger and level), with
+    the level in front for warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
+
+
+def capture_warnings() -> None:
+    """Send Python warnings (Lightning's hints among them) through logging, so the job log holds them too; only
+    when Hydra has set up the job log in this run's folder, so library use and tests are untouched."""
+    hydra_cfg = _hydra_config()
+    output_dir = hydra_cfg.runtime.get("output_dir") if hydra_cfg is not None else None
+    if output_dir and any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == Path(output_dir)
+                          for h in logging.getLogger().handlers):
+        logging.captureWarnings(True)

@@ -1,10 +1,13 @@
 """DiffusionModule: the LightningModule that wraps a denoiser, a schedule, a weighting, a parameterization
-and the one loss (design §3). It is thin: every formula lives in ``vdmlab.diffusion``; every object
-arrives already built by Hydra (``_target_``; ``_partial_`` for the optimizer and LR schedule).
+and the one loss (docs/architecture.md). It is thin: every formula lives in ``vdmlab.diffusion``, the bits/dim
+evaluation step in ``vdmlab.metrics.bpd`` and the FID sampling loop in ``vdmlab.metrics.fid``; every object
+arrives already built by Hydra (``_target_``; ``_partial_`` for the optimizer and LR schedule), whose configs
+(conf/) hold every default.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -13,21 +16,77 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from vdmlab import seeds
+from vdmlab.checks import ParameterError, check_bool, check_float, check_int
 from vdmlab.data.base import split_index_batch
 from vdmlab.diffusion import likelihood
 from vdmlab.diffusion.losses import LossTerms, diffusion_loss, low_discrepancy_times
 from vdmlab.diffusion.parameterization import Parameterization
-from vdmlab.diffusion.process import diffuse
-from vdmlab.diffusion.sampling import ancestral, generate
+from vdmlab.diffusion.sampling import generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
-from vdmlab.metrics.bpd import BitsPerDim
-from vdmlab.metrics.fid import FIDMetric, fid_feature, shard_indices
+from vdmlab.metrics.bpd import BPD_TERMS, BitsPerDim, update_bpd
+from vdmlab.metrics.fid import INCEPTION_FEATURES, FIDMetric, fid_feature, sample_fid
 from vdmlab.optim import EMA
 
-BPD_TERMS = ("bpd", "bpd_diffusion", "bpd_prior", "bpd_reconstruction")
-FID_DEFAULTS = {"every_n_epochs": 0, "num_samples": 1000, "feature": "auto", "inception_path": None,
-                "steps": 100, "batch_size": 500}
+FID_KEYS = ("every_n_epochs", "num_samples", "feature", "inception_path", "steps", "batch_size")
+
+
+_UNSET: Any = object()  # an argument not given to check_module_arguments (its check is skipped)
+
+
+def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, ema_warmup: Any = _UNSET,
+                           eval_num_samples: Any = _UNSET, seed: Any = _UNSET, nonfinite_patience: Any = _UNSET,
+                           compile: Any = _UNSET, channels_last: Any = _UNSET, sampler: Any = None, fid: Any = None,
+                           **others: Any) -> None:
+    """Check the DiffusionModule's own arguments (``DiffusionModule.__init__`` and start-up validation call it);
+    arguments not given are not checked (this states no defaults: those are the module's, equal to conf/'s).
+
+    Raises ``ParameterError``; sampler and fid keys are named as their config keys (``sampler.steps``, ``fid.*``).
+    A config key this function does not know is an error too, so that a new module argument cannot go unchecked.
+    """
+    if others:
+        known = set(inspect.signature(DiffusionModule).parameters)
+        names = tuple(others)
+        raise ParameterError(names, tuple(others.values()),
+                             "unknown DiffusionModule argument" if not known & set(names) else
+                             "a DiffusionModule argument not checked at start-up: add it to check_module_arguments")
+    checks = {"timesteps": lambda v: check_int("timesteps", v, 1, optional=True,
+                                               reason="null (continuous time) or an integer >= 1"),
+              "ema_decay": lambda v: check_float("ema_decay", v, minimum=0.0, maximum=1.0, open_max=True),
+              "ema_warmup": lambda v: check_bool("ema_warmup", v),
+              "eval_num_samples": lambda v: check_int("eval_num_samples", v, 1),
+              "seed": lambda v: check_int("seed", v),
+              "nonfinite_patience": lambda v: check_int("nonfinite_patience", v, 1),
+              "compile": lambda v: check_bool("compile", v),
+              "channels_last": lambda v: check_bool("channels_last", v)}
+    given = {"timesteps": timesteps, "ema_decay": ema_decay, "ema_warmup": ema_warmup,
+             "eval_num_samples": eval_num_samples, "seed": seed, "nonfinite_patience": nonfinite_patience,
+             "compile": compile, "channels_last": channels_last}
+    for name, value in given.items():
+        if value is not _UNSET:
+            checks[name](value)
+    if sampler is not None:
+        if not callable(sampler.get("fn")):
+            raise ParameterError("sampler.fn", sampler.get("fn"), "it must be a sampler function (a _partial_ target)")
+        check_int("sampler.steps", sampler.get("steps"), 1)
+        check_bool("sampler.clip_x", sampler.get("clip_x"))
+        if not (sampler.get("schedule") is None or isinstance(sampler["schedule"], Schedule)):
+            raise ParameterError("sampler.schedule", sampler["schedule"], "null (the training schedule) or a schedule "
+                                 "config (sampling_schedule=...)")
+    if fid is not None:
+        missing = [key for key in FID_KEYS if key not in fid]
+        if missing:
+            raise ParameterError("fid", dict(fid), f"it lacks {', '.join(missing)} (conf/train.yaml's fid lists them)")
+        check_int("fid.every_n_epochs", fid["every_n_epochs"], 0)
+        check_int("fid.num_samples", fid["num_samples"], 2)
+        check_int("fid.steps", fid["steps"], 1)
+        check_int("fid.batch_size", fid["batch_size"], 1)
+        if fid["feature"] not in ("auto", "digits", "inception", *INCEPTION_FEATURES) or isinstance(fid["feature"], bool):
+            raise ParameterError("fid.feature", fid["feature"],
+                                 f"it must be auto, digits, inception or one of {', '.join(map(str, INCEPTION_FEATURES))}")
+        if fid["inception_path"] is not None and not isinstance(fid["inception_path"], str):
+            raise ParameterError("fid.inception_path", fid["inception_path"], "null or the path of a weights file")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,9 +106,11 @@ class DiffusionModule(L.LightningModule):
         timesteps: None for continuous time, else the number of discrete steps T (eq. A.38).
         ema_decay, ema_warmup: EMA of the weights used for evaluation and sampling.
         eval_num_samples: λ draws per example for val/test bits/dim.
-        sampler: ``{"fn": sampler function, "steps": int, "clip_x": bool}`` for sample grids.
+        sampler: ``{"fn": sampler function, "steps": int, "clip_x": bool, "schedule": Schedule | None}`` for
+            sample grids and FID (the sampler group); None: ``sample`` then needs ``sampler`` and ``steps``.
         fid: None (no FID) or ``{"every_n_epochs", "num_samples", "feature", "inception_path", "steps",
-            "batch_size"}``: val/fid every k epochs against the val split (0: never) and test/fid at the end
+            "batch_size"}`` (all keys; conf/train.yaml's ``fid``): val/fid every k epochs against the val split
+            (0: never) and test/fid at the end
             against the test split, from ``num_samples`` EMA samples; ``feature: auto`` picks the shipped
             digits classifier for 8x8 digits and Inception-2048 otherwise.
         seed: base seed of the training noise; each DDP rank offsets it (design §6).
@@ -83,6 +144,9 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool = False,
         run_config: dict | None = None,
     ):
+        check_module_arguments(timesteps=timesteps, ema_decay=ema_decay, ema_warmup=ema_warmup,
+                               eval_num_samples=eval_num_samples, seed=seed, nonfinite_patience=nonfinite_patience,
+                               compile=compile, channels_last=channels_last, sampler=sampler, fid=fid)
         super().__init__()
         self.net, self.schedule = net, schedule
         self.weighting, self.parameterization = weighting, parameterization
@@ -92,7 +156,7 @@ class DiffusionModule(L.LightningModule):
         self.time_sampler, self.timesteps = time_sampler, timesteps
         self.ema = EMA(net, ema_decay, ema_warmup)
         self.eval_num_samples = int(eval_num_samples)
-        self.sampler = dict(sampler or {"fn": ancestral, "steps": 100, "clip_x": True})
+        self.sampler = dict(sampler) if sampler is not None else None
         self.seed, self.nonfinite_patience, self.run_config = int(seed), int(nonfinite_patience), run_config
         self._noise_generator: torch.Generator | None = None
         self._noise_state: Tensor | None = None
@@ -106,7 +170,7 @@ class DiffusionModule(L.LightningModule):
         # per-term bits/dim, each example counted once under DDP (indices from the evaluation loaders)
         self.bpd_metrics = nn.ModuleDict({f"{stage}_{term}": BitsPerDim(self.data_dim)
                                           for stage in ("val", "test") for term in BPD_TERMS})
-        self.fid_config = None if fid is None else {**FID_DEFAULTS, **fid}
+        self.fid_config = None if fid is None else dict(fid)
         if self.fid_config is not None:
             feature = fid_feature(self.fid_config["feature"], self.data_shape, self.num_levels)
             self.fid_metrics = nn.ModuleDict({stage: FIDMetric(feature, self.fid_config["inception_path"],
@@ -126,7 +190,7 @@ class DiffusionModule(L.LightningModule):
         """Training-noise generator, seeded ``seed + rank`` so that DDP ranks draw different t and ε."""
         if self._noise_generator is None or self._noise_generator.device != self.device:
             self._noise_generator = torch.Generator(device=self.device)
-            self._noise_generator.manual_seed(self.seed + 1_000_003 * self.global_rank)
+            self._noise_generator.manual_seed(self.seed + seeds.TRAIN_RANK_STRIDE * self.global_rank)
             if self._noise_state is not None:
                 self._noise_generator.set_state(self._noise_state)
                 self._noise_state = None
@@ -134,10 +198,13 @@ class DiffusionModule(L.LightningModule):
 
     def _eval_generator(self, batch_idx: int, stage: str) -> torch.Generator:
         """Common random numbers for evaluation: the same noise every epoch, different per batch and rank."""
-        offset = {"val": 0, "test": 7_919}[stage]
         return torch.Generator(device=self.device).manual_seed(
-            self.seed + offset + 104_729 * batch_idx + 15_485_863 * self.global_rank
+            self._stage_seed(stage) + seeds.EVAL_BATCH_STRIDE * batch_idx + seeds.EVAL_RANK_STRIDE * self.global_rank
         )
+
+    def _stage_seed(self, stage: str) -> int:
+        """The evaluation seed of a split: ``seed`` for val, offset for test."""
+        return self.seed + {"val": 0, "test": seeds.TEST_OFFSET}[stage]
 
     # ------------------------------------------------------------------ steps
     def _check_shape(self, x: Tensor) -> Tensor:
@@ -163,10 +230,8 @@ class DiffusionModule(L.LightningModule):
     def _endpoint_terms(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Prior KL and decoder NLL (eq. 3.60), each [B] nats; they depend only on the schedule's endpoints
         (differentiably so when the schedule trains them, e.g. ``schedule=learned schedule.learn_endpoints=true``)."""
-        logsnr_1, logsnr_0 = (e.expand(x.shape[0]) for e in self.schedule.endpoints(x))
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        z_0 = diffuse(x, logsnr_0, eps)
-        return likelihood.prior_kl(x, logsnr_1), likelihood.decoder_nll(x, z_0, logsnr_0, self.num_levels)
+        return likelihood.endpoint_terms(x, self.schedule, eps, self.num_levels)
 
     def _logging_step(self) -> bool:
         """Whether Lightning writes this step's on_step logs (every ``trainer.log_every_n_steps``, or a fast dev run)."""
@@ -176,7 +241,7 @@ class DiffusionModule(L.LightningModule):
 
     def _log_generator(self) -> torch.Generator:
         """Noise for the logging-only train/bpd terms: per step, independent of the training noise."""
-        return torch.Generator(device=self.device).manual_seed(self.seed + 2_000_029 * (self.global_step + 1))
+        return torch.Generator(device=self.device).manual_seed(self.seed + seeds.LOG_STEP_STRIDE * (self.global_step + 1))
 
     def _accumulation(self) -> int:
         """k of ``trainer.accumulate_grad_batches``: micro-batches per optimizer step (1 without a trainer)."""
@@ -259,14 +324,11 @@ class DiffusionModule(L.LightningModule):
     def _evaluation_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         index, x = split_index_batch(batch)
         x = self._check_shape(x)
-        terms = likelihood.negative_elbo(
-            x, net=self.ema.net, schedule=self.schedule, parameterization=self.parameterization,
-            num_levels=self.num_levels, num_samples=self.eval_num_samples, timesteps=self.timesteps,
-            generator=self._eval_generator(batch_idx, stage), example_ids=index,
-            seed=self.seed + (0 if stage == "val" else 7_919),
-        )
-        for term, nats in zip(BPD_TERMS, (terms.total, terms.diffusion, terms.prior, terms.reconstruction)):
-            self.bpd_metrics[f"{stage}_{term}"].update(nats, index=index)
+        update_bpd({term: self.bpd_metrics[f"{stage}_{term}"] for term in BPD_TERMS}, x, net=self.ema.net,
+                   schedule=self.schedule, parameterization=self.parameterization, num_levels=self.num_levels,
+                   num_samples=self.eval_num_samples, timesteps=self.timesteps,
+                   generator=self._eval_generator(batch_idx, stage), index=index, example_ids=index,
+                   seed=self._stage_seed(stage))
         loss = self.loss_terms(x, self._eval_generator(batch_idx, stage), self.ema.net).loss.mean()
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
@@ -306,13 +368,8 @@ class DiffusionModule(L.LightningModule):
 
     def compute_fid(self, metric: FIDMetric, num_samples: int, steps: int, batch_size: int = 500) -> dict[str, float]:
         """Feed this rank's share of ``num_samples`` fresh EMA samples to ``metric`` and compute FID (collective)."""
-        metric.reset()  # keeps the real statistics (reset_real_features=False)
-        share = len(shard_indices(num_samples))
-        generator = torch.Generator(device=self.device).manual_seed(self.seed + 31 * self.global_rank + 1)
-        for start in range(0, share, batch_size):
-            n = min(batch_size, share - start)
-            metric.update(self.sample(n, steps=steps, generator=generator), real=False)
-        return metric.compute_dict()
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + seeds.FID_RANK_STRIDE * self.global_rank + 1)
+        return sample_fid(metric, lambda n: self.sample(n, steps=steps, generator=generator), num_samples, batch_size)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -324,13 +381,18 @@ class DiffusionModule(L.LightningModule):
     @torch.no_grad()
     def sample(self, num: int, steps: int | None = None, sampler: Callable | None = None, clip_x: bool | None = None,
                schedule: Schedule | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``num`` samples with the EMA weights, decoded to the K data levels."""
-        steps = int(steps or self.sampler["steps"])
-        clip = self.sampler.get("clip_x", True) if clip_x is None else clip_x
-        denoise = self.parameterization.denoiser(self.ema.net, clip_x=clip)
-        grid = logsnr_grid(schedule or self.sampler.get("schedule") or self.schedule, steps, device=self.device)
-        return generate(denoise, sampler or self.sampler["fn"], grid, (num, *self.data_shape), self.num_levels,
-                        generator=generator, device=self.device)
+        """Draw ``num`` samples with the EMA weights, decoded to the K data levels; arguments left None come from
+        the module's ``sampler`` (the sampler group)."""
+        configured = self.sampler or {}
+        fn, steps = sampler or configured.get("fn"), steps or configured.get("steps")
+        clip = configured.get("clip_x") if clip_x is None else clip_x
+        if fn is None or steps is None or clip is None:
+            raise ValueError("this DiffusionModule was built without a sampler: pass sample(..., sampler=, steps=, "
+                             "clip_x=) or build it with sampler={'fn', 'steps', 'clip_x', 'schedule'} (conf/sampler/)")
+        denoise = self.parameterization.denoiser(self.ema.net, clip_x=bool(clip))
+        grid = logsnr_grid(schedule or configured.get("schedule") or self.schedule, int(steps), device=self.device)
+        return generate(denoise, fn, grid, (num, *self.data_shape), self.num_levels, generator=generator,
+                        device=self.device)
 
     # ------------------------------------------------------------------ optimisation and state
     def configure_optimizers(self) -> Any:

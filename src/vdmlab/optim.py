@@ -10,12 +10,15 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from vdmlab.checks import check_float, check_int
+
 
 def linear_warmup(optimizer: Optimizer, warmup_steps: int = 200, decay_steps: int | None = None,
                   min_factor: float = 0.1) -> LambdaLR:
     """Linear warm-up over ``warmup_steps``, then constant, or cosine decay to ``min_factor`` over ``decay_steps``."""
-    if warmup_steps < 0:
-        raise ValueError(f"lr_scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+    decay_steps = check_int("decay_steps", decay_steps, 1, optional=True)
+    min_factor = check_float("min_factor", min_factor, minimum=0.0, maximum=1.0)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

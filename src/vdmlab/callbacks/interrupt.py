@@ -27,7 +27,7 @@ class CheckpointOnInterrupt(L.Callback):
             return
         path = self.dirpath / "last.ckpt"
         tmp = self.dirpath / ".last.ckpt.partial"
-        trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full, resumable state; collective under DDP
         if trainer.is_global_zero:
             os.replace(tmp, path)
             self.saved = path

@@ -12,12 +12,33 @@ from vdmlab.callbacks.samples import log_image
 from vdmlab.diffusion.schedules import Schedule
 from vdmlab.diffusion.weighting import Weighting, augmentation_kernel
 
+FLAT = 0.1  # a curve whose range is under 10 % of its size is drawn as flat, not auto-scaled into its rounding noise
+
+
+def plot_curve(ax, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Plot ``y(x)``; a flat curve gets a y-range of ±50 % around its value, so it reads as the constant it is."""
+    ax.plot(x, y)
+    lo, hi = float(y.min()), float(y.max())
+    centre = (lo + hi) / 2
+    if hi - lo <= FLAT * abs(centre):
+        half = 0.5 * abs(centre) or 1.0
+        ax.set_ylim(centre - half, centre + half)
+
+
+def kernel_density(schedule: Schedule, weighting: Weighting, t: torch.Tensor) -> torch.Tensor | str:
+    """The augmentation kernel p_w(t) on ``t``, or the reason there is none (w constant or not monotonic)."""
+    try:
+        with torch.enable_grad():
+            return augmentation_kernel(weighting, schedule, t.clamp(1e-4, 1 - 1e-4)).detach().cpu()
+    except ValueError:
+        return ("no kernel p_w(t): w is constant,\nits kernel is a point mass at t = 0" if weighting.monotonic
+                else "no kernel p_w(t):\nw is not monotonic (eq. 4.148)")
+
 
 @torch.no_grad()
-def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: str | Path, title: str = "") -> Path:
-    """Four panels: λ(t), p(λ) = -dt/dλ, w(λ) (normalised to max 1) and p_w(t) when w is monotonic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def schedule_figure(schedule: Schedule, weighting: Weighting, title: str = "") -> Figure:
+    """λ(t), p(λ) = -dt/dλ, w(λ) (normalised to max 1) and, when w has one, the augmentation kernel p_w(t); for a
+    weighting without a kernel density three panels, the reason written under the weighting's."""
     state = next(iter([*schedule.parameters(), *schedule.buffers()]), None)  # learned/adaptive: on their device
     device = state.device if state is not None else torch.device("cpu")
     t = torch.linspace(0, 1, 501, device=device)
@@ -25,30 +46,34 @@ def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: 
     grid = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, 501, device=device)
     density = schedule.density(grid)
     w = weighting(grid, density).float().cpu()
+    p_w = kernel_density(schedule, weighting, t)
     t, grid, density = t.cpu(), grid.cpu(), density.float().cpu()
-    fig = Figure(figsize=(16, 3.4), dpi=90)
-    axes = fig.subplots(1, 4)
-    axes[0].plot(t, logsnr)
+    panels = 4 if isinstance(p_w, torch.Tensor) else 3
+    fig = Figure(figsize=(4 * panels, 3.4), dpi=90)
+    axes = fig.subplots(1, panels)
+    plot_curve(axes[0], t, logsnr)
     axes[0].set(xlabel="t", ylabel="λ(t)", title="schedule")
-    axes[1].plot(grid, density)
+    plot_curve(axes[1], grid, density)
     axes[1].set(xlabel="λ", ylabel="p(λ)", title="importance density p(λ)")
-    axes[2].plot(grid, w / w.max().clamp_min(1e-30))
+    plot_curve(axes[2], grid, w / w.max().clamp_min(1e-30))
     kind = "monotonic" if weighting.monotonic else "non-monotonic"
     axes[2].set(xlabel="λ", ylabel="w(λ)/max w", title=f"weighting {weighting.name} ({kind})")
-    try:
-        with torch.enable_grad():
-            p_w = augmentation_kernel(weighting, schedule, t.clamp(1e-4, 1 - 1e-4).to(device)).detach().cpu()
-        axes[3].plot(t, p_w)
+    if isinstance(p_w, torch.Tensor):
+        plot_curve(axes[3], t, p_w)
         axes[3].set(xlabel="t", ylabel="p_w(t)", title="augmentation kernel p_w(t)")
-    except ValueError:  # non-monotonic or constant weightings have no kernel density
-        reason = ("w is constant:\np_w(t) is a point mass at t = 0" if weighting.monotonic
-                  else "w is not monotonic:\nno density p_w(t) (eq. 4.148)")
-        axes[3].text(0.5, 0.5, reason, ha="center", va="center", fontsize=9)
-        axes[3].set_axis_off()
+    else:
+        axes[2].text(0.5, 0.04, p_w, transform=axes[2].transAxes, ha="center", va="bottom", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
+
+
+def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: str | Path, title: str = "") -> Path:
+    """Save :func:`schedule_figure` as a PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schedule_figure(schedule, weighting, title).savefig(path)
     return path
 
 

@@ -27,8 +27,8 @@ def build_sampler(cfg: DictConfig) -> dict[str, Any]:
     schedule = cfg.sampler.get("schedule")
     return {
         "fn": instantiate(cfg.sampler.fn),
-        "steps": int(cfg.sampler.steps),
-        "clip_x": bool(cfg.sampler.clip_x),
+        "steps": cfg.sampler.steps,  # checked by the module (vdmlab.module.check_module_arguments)
+        "clip_x": cfg.sampler.clip_x,
         "schedule": instantiate(schedule) if schedule else None,
     }
 

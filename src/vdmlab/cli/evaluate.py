@@ -1,23 +1,31 @@
-"""``python eval.py ckpt_path=...``: bits/dim (full ELBO) and FID of a checkpoint's EMA weights on a split."""
+"""``python eval.py ckpt_path=...``: bits/dim (full ELBO and/or the probability-flow ODE), FID, KID,
+precision/recall and the class histogram of a checkpoint's EMA weights on a split."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import format_table, pick_device
-from vdmlab.cli.train import finish_loggers, instantiate_all
+from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
+from vdmlab.loggers import capture_warnings, finish_loggers
 from vdmlab.metrics.bpd import evaluate_bpd
-from vdmlab.metrics.fid import FIDMetric, fid_feature
+from vdmlab.metrics.fid import FIDMetric, build_extractor, fid_feature
+from vdmlab.metrics.ode_bpd import evaluate_ode_bpd
+from vdmlab.metrics.sample_metrics import RecordingExtractor, sample_metrics
 
 SPLITS = ("train", "val", "test")
+LIKELIHOODS = ("elbo", "ode")
+log = logging.getLogger("vdmlab")
 
 
 def split_loader(datamodule, split: str) -> DataLoader:
@@ -32,16 +40,47 @@ def split_loader(datamodule, split: str) -> DataLoader:
 def evaluate_fid(module, dataset, cfg: DictConfig, device: torch.device) -> dict[str, float]:
     """FID of ``cfg.num_samples`` EMA samples against every image of ``dataset``."""
     feature = fid_feature(cfg.feature, module.data_shape, module.num_levels)
-    metric = FIDMetric(feature, cfg.inception_path, reset_real_features=False).to(device)
+    recorder = RecordingExtractor(build_extractor(feature, cfg.inception_path))  # keeps the features for KID & co.
+    metric = FIDMetric(recorder, reset_real_features=False).to(device)
     metric.update_from_dataset(dataset, real=True, batch_size=int(cfg.batch_size))
+    real = recorder.take()
     start = time.time()
     values = module.compute_fid(metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size))
+    extra = sample_metrics(real, recorder.take(), recorder.extractor, k=int(cfg.get("pr_k", 3)),
+                           kid_blocks=int(cfg.get("kid_blocks", 10)), seed=0)
     return {"fid": values["fid"], "fid_n": values["fid_n"], "fid_n_real": values["fid_n_real"],
-            "fid_seconds": time.time() - start}
+            "fid_seconds": time.time() - start, **extra}
+
+
+def likelihood_choice(cfg: DictConfig) -> tuple[str, ...]:
+    """The NLLs asked for by ``likelihood=[elbo,ode]``, checked."""
+    chosen = cfg.get("likelihood", ["elbo"])
+    chosen = (chosen,) if isinstance(chosen, str) else tuple(chosen or ())
+    unknown = [c for c in chosen if c not in LIKELIHOODS]
+    if unknown:
+        raise ValueError(f"likelihood={list(chosen)} names {unknown}: choose from {list(LIKELIHOODS)}, "
+                         f"e.g. likelihood=[elbo,ode]")
+    return chosen
+
+
+def evaluate_ode(module, dataset, cfg: DictConfig, batch_size: int, device: torch.device, seed: int) -> dict:
+    """ODE bits/dim bounds (and their time) on the first ``cfg.num_examples`` examples of ``dataset``."""
+    if cfg.num_examples is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(int(cfg.num_examples), len(dataset))))
+    loader = DataLoader(UniqueIndexDataset(dataset), batch_size=int(cfg.batch_size or batch_size), shuffle=False)
+    result = evaluate_ode_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
+                              solver=instantiate(cfg.solver), divergence=instantiate(cfg.divergence),
+                              dequantization=instantiate(cfg.dequantization), num_draws=int(cfg.num_draws),
+                              device=device, seed=seed)
+    result["ode_n"] = result.pop("n")
+    result["ode_seconds"] = result.pop("seconds")
+    return result
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate one checkpoint; prints a table, writes metrics.json into the run dir and logs to the loggers."""
+    """Evaluate one checkpoint; logs a table (console and eval.log), writes metrics.json into the run dir and
+    sends the metrics to the loggers."""
+    capture_warnings()
     device = pick_device(cfg.device)
     overrides = {f"dataset.{k}": v for k, v in (cfg.get("dataset") or {}).items()}
     built = build_from_checkpoint(cfg.ckpt_path, overrides)
@@ -49,10 +88,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = split_loader(built.datamodule, cfg.split)
-    bpd = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
-                       num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
-                       device=device, seed=int(cfg.seed))
-    metrics = {f"{cfg.split}/{k}": float(v) for k, v in bpd.items()}
+    likelihoods = likelihood_choice(cfg)
+    metrics = {}
+    if "elbo" in likelihoods:
+        bpd = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
+                           num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
+                           device=device, seed=int(cfg.seed))
+        metrics.update({f"{cfg.split}/{k}": float(v) for k, v in bpd.items()})
+    if "ode" in likelihoods:
+        ode = evaluate_ode(module, loader.dataset.dataset, cfg.ode, loader.batch_size, device, int(cfg.seed))
+        metrics.update({f"{cfg.split}/{k}": float(v) for k, v in ode.items()})
     if cfg.get("fid"):
         fid = evaluate_fid(module, getattr(built.datamodule, f"{cfg.split}_set"), cfg.fid, device)
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in fid.items()})
@@ -65,6 +110,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
             logger.log_metrics(metrics, step=0)
     finally:
         finish_loggers(loggers)
-    print(f"\nEvaluated {cfg.ckpt_path} on the {cfg.split} split ({device})\n{format_table(metrics)}\n"
-          f"metrics written to {out / 'metrics.json'}", flush=True)
+    log.info("Evaluated %s on the %s split (%s)\n%s\nmetrics written to %s", cfg.ckpt_path, cfg.split, device,
+             format_table(metrics), out / "metrics.json")
     return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vdmlab.callbacks.samples import save_samples
 from vdmlab.cli.build import build_from_checkpoint, build_sampler
 from vdmlab.cli.common import pick_device
+from vdmlab.loggers import capture_warnings
+
+log = logging.getLogger("vdmlab")
 
 
 def run(cfg: DictConfig) -> Path:
-    """Draw ``num_samples`` samples; returns the path of the .npz written into the run dir."""
+    """Draw ``num_samples`` samples; returns the path of the .npz written into the run dir (and logs what it wrote
+    to the console and sample.log)."""
+    capture_warnings()
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     device = pick_device(cfg.device)
@@ -39,6 +45,6 @@ def run(cfg: DictConfig) -> Path:
     npz = out / "samples.npz"
     np.savez_compressed(npz, x=x.numpy(), ckpt_path=str(cfg.ckpt_path),
                         sampler=OmegaConf.to_yaml(cfg.sampler), seed=cfg.seed)
-    print(f"{len(x)} samples from {cfg.ckpt_path}\n  grid: {grid}\n  array: {npz} (x in [-1, 1], "
-          f"shape {tuple(x.shape)})", flush=True)
+    log.info("%d samples from %s\n  grid: %s\n  array: %s (x in [-1, 1], shape %s)", len(x), cfg.ckpt_path, grid, npz,
+             tuple(x.shape))
     return npz

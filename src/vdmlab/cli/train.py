@@ -1,4 +1,5 @@
-"""``python train.py``: compose the config, build everything, fit, test and print the final metrics."""
+"""``python train.py``: compose the config, build everything, fit, test and log the final metrics table
+(console and the run folder's train.log)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from omegaconf import DictConfig, open_dict
 from vdmlab.cli.build import build_run, resolved_config
 from vdmlab.cli.checkpoints import load_checkpoint, resolve_ckpt_path
 from vdmlab.cli.common import format_table
+from vdmlab.cli.rerun import continue_previous_job, record_job_end, record_job_start, set_threads
 from vdmlab.cli.validate import validate_config
+from vdmlab.loggers import capture_warnings, finish_loggers
 
 log = logging.getLogger("vdmlab")
 
@@ -34,20 +37,6 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
         return []
     built = [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
     return [obj for obj in built if obj is not None]
-
-
-def finish_loggers(loggers: list[Any]) -> None:
-    """Close every logger; W&B needs an explicit finish per job or multirun jobs share one run (design §6)."""
-    for logger in loggers:
-        if hasattr(logger, "finalize"):
-            logger.finalize("success")
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-    except ImportError:
-        pass
 
 
 def continue_in_run_dir(cfg: DictConfig, ckpt_path: str) -> None:
@@ -68,14 +57,20 @@ def continue_in_run_dir(cfg: DictConfig, ckpt_path: str) -> None:
 def save_final_checkpoint(trainer: L.Trainer, path: Path) -> None:
     """Write the final state to last.ckpt (atomically), also when training stopped mid-epoch on max_steps."""
     tmp = path.parent / ".last.ckpt.partial"
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # the full, resumable state (optimizer, loops, callbacks)
     if trainer.is_global_zero:
         os.replace(tmp, path)
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Train (and test) one configuration; returns the final val/bpd for sweepers."""
+    """Train (and test) one configuration; logs the final metrics table and returns val/bpd for sweepers."""
+    capture_warnings()
     validate_config(cfg)
+    set_threads(cfg.get("threads", "auto"))
+    finished = continue_previous_job(cfg) if cfg.get("train", True) else None
+    if finished is not None:
+        return finished.get("val/bpd")
+    record_job_start(cfg)
     ckpt_path = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
     if ckpt_path:
         continue_in_run_dir(cfg, ckpt_path)
@@ -95,9 +90,9 @@ def run(cfg: DictConfig) -> float | None:
             try:
                 trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
-                print(f"\nInterrupted by SIGTERM at step {trainer.global_step}; the state is in "
-                      f"{output_dir / 'checkpoints' / 'last.ckpt'}. Resume with: python train.py ckpt_path=last "
-                      f"(plus the same overrides)", flush=True)
+                log.warning("Interrupted by SIGTERM at step %d; the state is in %s. Resume with: python train.py "
+                            "ckpt_path=last (plus the same overrides)", trainer.global_step,
+                            output_dir / "checkpoints" / "last.ckpt")
                 return None
             save_final_checkpoint(trainer, output_dir / "checkpoints" / "last.ckpt")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
@@ -108,6 +103,7 @@ def run(cfg: DictConfig) -> float | None:
         finish_loggers(loggers)
     if trainer.is_global_zero:
         metrics["time/minutes"] = (time.time() - start) / 60
-        metrics["train/steps"] = float(trainer.global_step)
-        print(f"\nFinished {cfg.task_name} in {output_dir}\n{format_table(dict(sorted(metrics.items())))}", flush=True)
+        metrics["train/steps"] = trainer.global_step
+        record_job_end(cfg, metrics)
+        log.info("Finished %s in %s\n%s", cfg.task_name, output_dir, format_table(dict(sorted(metrics.items()))))
     return metrics.get("val/bpd")

@@ -1,64 +1,98 @@
 """Start-up validation of a composed config: every message names the key, the bad value and what is allowed.
 
-Runs before any data is read. Unknown group options are already rejected by Hydra with the list of options.
+One mechanism: the objects check their own arguments (``vdmlab.checks``), and this builds each group's object
+from the config (the datamodule without reading data, the denoiser for its data shape, the schedule, weighting,
+parameterization, the sampler group and the module's own arguments), collecting every error with its config key
+(``model.width=-8 is invalid: it must be an integer >= 1``). A new parameter of any class is covered as soon as
+its class checks it. Runs before any data is read; unknown group options are already rejected by Hydra with the
+list of options.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-from omegaconf import DictConfig
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from vdmlab.checks import ParameterError, check_bool, check_float, check_int
+from vdmlab.diffusion.sampling import checked_sampler
+from vdmlab.module import check_module_arguments
+
+#: the DiffusionModule arguments that are built objects or partials, checked when they are built
+MODULE_OBJECTS = ("_target_", "optimizer", "lr_scheduler", "time_sampler")
 
 
 class ConfigError(ValueError):
     """One or more config values are invalid."""
 
 
-def _number(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+def _describe(prefix: str, error: BaseException) -> str:
+    """``<prefix><name>=<value> is invalid: <reason>`` for a ParameterError anywhere in the exception's chain
+    (Hydra wraps constructor errors), else the error's own message under its group."""
+    seen, innermost = error, error
+    while seen is not None:
+        if isinstance(seen, ParameterError):
+            return seen.message(prefix)
+        if isinstance(seen, MissingMandatoryValue):
+            key = f"{prefix}{seen.key}" if seen.key else prefix.rstrip(".")
+            return f"{key} is missing: set it on the command line, e.g. python train.py {key}=..."
+        innermost, seen = seen, seen.__cause__ or seen.__context__
+    return f"{prefix.rstrip('.') or 'config'}: {innermost}"
 
 
-def _check_positive(errors: list[str], cfg: DictConfig, group: str, keys: tuple[str, ...], minimum: int = 1) -> None:
-    node = cfg.get(group) or {}
-    for key in keys:
-        if key in node and node[key] is not None and not (_number(node[key]) is not None and node[key] >= minimum):
-            errors.append(f"{group}.{key}={node[key]!r} is invalid: it must be an integer >= {minimum}")
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _optimizer(node: DictConfig) -> torch.optim.Optimizer:
+    """The optimizer partial built on one dummy parameter (torch checks its own arguments), after checking that its
+    scalar hyperparameters (lr, weight_decay, eps, momentum ...) are what every torch optimizer takes."""
+    for key, value in _container(node).items():
+        if key.startswith("_") or isinstance(value, (list, dict)):
+            continue
+        if isinstance(value, bool):
+            check_bool(key, value)
+        else:
+            check_float(key, value, minimum=0.0)
+    return instantiate(node)(params=[torch.zeros(1, requires_grad=True)])
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every invalid value of ``cfg``."""
+    """Raise ConfigError listing every invalid value of ``cfg`` (one per object: its first bad argument)."""
     errors: list[str] = []
-    schedule = cfg.get("schedule") or {}
-    lo, hi = _number(schedule.get("logsnr_min")), _number(schedule.get("logsnr_max"))
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-        errors.append(
-            f"schedule.logsnr_min={schedule.get('logsnr_min')!r} and schedule.logsnr_max={schedule.get('logsnr_max')!r} "
-            f"are invalid: they must be finite with logsnr_min < logsnr_max (set diffusion.logsnr_min/logsnr_max)"
-        )
-    _check_positive(errors, cfg, "model", ("width", "hidden", "emb_dim"), 1)
-    _check_positive(errors, cfg, "model", ("num_res_blocks", "depth"), 0)
-    weighting = cfg.get("weighting") or {}
-    for key in ("bias", "gamma", "mean", "std", "sigma_data"):
-        if key in weighting and not (_number(weighting[key]) is not None and math.isfinite(float(weighting[key]))):
-            errors.append(f"weighting.{key}={weighting[key]!r} is invalid: it must be a finite number")
-    for key in ("gamma", "std", "sigma_data"):
-        if key in weighting and (_number(weighting[key]) or 0.0) <= 0:
-            errors.append(f"weighting.{key}={weighting[key]!r} is invalid: it must be > 0")
-    _check_positive(errors, cfg, "sampler", ("steps",), 1)
-    _check_positive(errors, cfg, "dataset", ("batch_size",), 1)
-    timesteps = cfg.get("module", {}).get("timesteps")
-    if timesteps is not None and not (_number(timesteps) is not None and timesteps >= 1):
-        errors.append(f"module.timesteps={timesteps!r} is invalid: null (continuous time) or an integer >= 1")
-    dataset = cfg.get("dataset") or {}
-    root = dataset.get("root")
-    if "root" in dataset and not dataset.get("download", False):
-        if root is None or not Path(str(root)).is_dir():
-            errors.append(
-                f"dataset.root={root!r} is not an existing folder: point dataset.root at the folder that holds the data"
-            )
+
+    def attempt(prefix: str, build: Callable[[], Any]) -> Any:
+        try:
+            return build()
+        except Exception as error:  # noqa: BLE001 - every error becomes a line of the report
+            errors.append(_describe(prefix, error))
+            return None
+
+    attempt("", lambda: check_int("seed", cfg.get("seed")))
+    datamodule = attempt("dataset.", lambda: instantiate(cfg.dataset))
+    if datamodule is not None:
+        attempt("dataset.", datamodule.check_location)
+        attempt("model.", lambda: instantiate(cfg.model, data_shape=datamodule.data_shape))
+    for group in ("schedule", "weighting", "parameterization"):
+        attempt(f"{group}.", lambda group=group: instantiate(cfg[group]))
+    schedule = cfg.sampler.get("schedule")
+    if isinstance(schedule, DictConfig):
+        schedule = attempt("sampler.schedule.", lambda: instantiate(cfg.sampler.schedule))
+    attempt("sampler.", lambda: check_module_arguments(sampler={
+        "fn": checked_sampler(instantiate(cfg.sampler.fn)), "steps": cfg.sampler.get("steps"),
+        "clip_x": cfg.sampler.get("clip_x"), "schedule": schedule}))
+    module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
+    attempt("module.", lambda: check_module_arguments(**module))
+    attempt("", lambda: check_module_arguments(fid=_container(cfg.get("fid"))))  # fid.* keys are named in full
+    optimizer = attempt("module.optimizer.", lambda: _optimizer(cfg.module.optimizer))
+    if cfg.module.get("lr_scheduler"):  # (on a stand-in optimizer when the configured one is invalid)
+        optimizer = optimizer or torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+        attempt("module.lr_scheduler.", lambda: instantiate(cfg.module.lr_scheduler)(optimizer))
+    if cfg.module.get("time_sampler"):
+        attempt("module.time_sampler.", lambda: instantiate(cfg.module.time_sampler))
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -1,9 +1,10 @@
 """Common base of all vdmlab datamodules, the quantization grid and the data-location error.
 
 Every dataset lives on a K-level grid in [-1, 1]: level k ∈ {0, …, K-1} is the value ``-1 + 2k/(K-1)``
-(for 8-bit images K = 256, x = 2·pixel/255 - 1). ``num_levels`` (K) and ``data_shape`` are known right
-after ``__init__`` so that the model can be built before ``setup``; datasets yield one float32 tensor
-of shape ``data_shape`` per item (no labels, no tuples).
+(for 8-bit images K = 256, x = 2·pixel/255 - 1); the grid's formulas (``levels_to_values``, ``values_to_levels``)
+belong to the likelihood, :mod:`vdmlab.diffusion.likelihood`, whose decoder puts its K logits on the same points.
+``num_levels`` (K) and ``data_shape`` are known right after ``__init__`` so that the model can be built before
+``setup``; datasets yield one float32 tensor of shape ``data_shape`` per item (no labels, no tuples).
 """
 
 from __future__ import annotations
@@ -17,39 +18,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-log = logging.getLogger(__name__)
+from vdmlab.checks import check_bool, check_choice, check_int
+from vdmlab.diffusion.likelihood import levels_to_values, values_to_levels  # noqa: F401 - the grid, re-exported
+from vdmlab.distributed import rank_and_world
+
+log = logging.getLogger("vdmlab")
+
+ON_DEVICE_CHOICES = ("auto", "true", "false")
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """The files of a dataset are not on disk and could not be downloaded (e.g. on an offline machine)."""
 
 
-def levels_to_values(levels: Tensor, num_levels: int) -> Tensor:
-    """Map integer levels k ∈ {0, …, K-1} to their float32 grid values ``-1 + 2k/(K-1)``.
-
-    This is the one formula used everywhere, so that values produced by different code paths compare
-    exactly equal.
-    """
-    _check_num_levels(num_levels)
-    return levels.to(torch.float32) * (2.0 / (num_levels - 1)) - 1.0
-
-
-def values_to_levels(x: Tensor, num_levels: int) -> Tensor:
-    """Nearest integer level (int64) of values x, which are first clamped to [-1, 1]."""
-    _check_num_levels(num_levels)
-    x = torch.as_tensor(x).clamp(-1.0, 1.0)
-    return torch.round((x + 1.0) * ((num_levels - 1) / 2.0)).to(torch.int64)
-
-
 def quantize(x: Tensor, num_levels: int) -> Tensor:
     """Snap values in [-1, 1] (clamped first) to the nearest point of the K-level grid; returns float32."""
     return levels_to_values(values_to_levels(x, num_levels), num_levels)
-
-
-def _check_num_levels(num_levels: int) -> None:
-    """Raise a ValueError unless K is an integer >= 2."""
-    if int(num_levels) != num_levels or num_levels < 2:
-        raise ValueError(f"num_levels must be an integer >= 2, got {num_levels!r}")
 
 
 def level_dtype(num_levels: int) -> torch.dtype:
@@ -101,11 +85,6 @@ def split_index_batch(batch) -> tuple[Tensor | None, Tensor]:
     return index, x
 
 
-def _rank_and_world() -> tuple[int, int]:
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-
-
 class EpochSampler(Sampler[int]):
     """Indices in an order that depends only on (seed, epoch), sharded across DDP ranks, and resumable.
 
@@ -135,7 +114,7 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.num_examples, generator=generator).tolist()
         else:
             order = list(range(self.num_examples))
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         if world > 1:
             order += order[: (-len(order)) % world]
             order = order[rank::world]
@@ -149,7 +128,7 @@ class EpochSampler(Sampler[int]):
         return iter(order)
 
     def __len__(self) -> int:
-        _, world = _rank_and_world()
+        _, world = rank_and_world()
         return -(-self.num_examples // world)
 
 
@@ -161,50 +140,46 @@ def _collate(batch):
 class DiffusionDataModule(L.LightningDataModule, abc.ABC):
     """Base datamodule: batch sizes, seeded shuffling, idempotent ``setup`` and the K/shape contract.
 
-    Subclasses set ``num_levels`` and ``data_shape`` (via this ``__init__``) and implement
-    :meth:`build_splits`, which returns the (train, val, test) datasets.
+    Subclasses set ``num_levels`` and ``data_shape`` (via this ``__init__``), take their own arguments, pass the
+    common ones below through (``**common``) and implement :meth:`build_splits`, which returns the
+    (train, val, test) datasets. Constructors only check and store their arguments; data are read in ``setup``.
+
+    Args (common to every datamodule; the dataset configs in conf/dataset/ hold their values):
+        batch_size: training batch size (the last incomplete batch is dropped).
+        eval_batch_size: batch size of validation/test loaders; None means ``batch_size``.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        seed: seeds the training shuffle order (and any random split or generation of the subclass).
+        pin_memory: pin host memory in the DataLoaders (useful when training on a GPU).
+        on_device: ``auto`` | ``true`` | ``false``: hold in-memory splits of integer levels on the training device
+            and gather batches there (:mod:`vdmlab.data.device`); ``auto`` when they fit.
     """
 
     def __init__(
         self,
         num_levels: int,
         data_shape: tuple[int, ...],
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        *,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int,
         seed: int = 0,
         pin_memory: bool = False,
         on_device: str | bool = "auto",
     ):
-        """
-        Args:
-            num_levels: K, the number of quantization levels of the data.
-            data_shape: per-example shape, e.g. (C, H, W) for images or (2,) for 2-D points.
-            batch_size: training batch size (the last incomplete batch is dropped).
-            eval_batch_size: batch size of validation/test loaders; None means ``batch_size``.
-            num_workers: DataLoader worker processes (0 = load in the main process).
-            seed: seeds the training shuffle order (and any random split or generation of the subclass).
-            pin_memory: pin host memory in the DataLoaders (useful when training on a GPU).
-            on_device: ``auto`` | ``true`` | ``false``: hold in-memory splits of integer levels on the training
-                device and gather batches there (:mod:`vdmlab.data.device`); ``auto`` when they fit.
-        """
+        """``num_levels``: K, the number of quantization levels; ``data_shape``: the per-example shape, e.g.
+        (C, H, W) for images or (2,) for 2-D points; the rest: see the class docstring."""
         super().__init__()
-        _check_num_levels(num_levels)
-        _check_positive_int("batch_size", batch_size)
-        if eval_batch_size is not None:
-            _check_positive_int("eval_batch_size", eval_batch_size)
-        if int(num_workers) != num_workers or num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-        self.num_levels = int(num_levels)
+        self.num_levels = check_int("num_levels", num_levels, 2)
         self.data_shape = tuple(int(d) for d in data_shape)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
-        self.num_workers = int(num_workers)
-        self.seed = int(seed)
-        self.pin_memory = bool(pin_memory)
-        from vdmlab.data.device import parse_on_device  # imported here: vdmlab.data.device imports this module
-
-        self.on_device = parse_on_device(on_device)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1, optional=True)
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else self.batch_size
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.seed = check_int("seed", seed)
+        self.pin_memory = check_bool("pin_memory", pin_memory)
+        if isinstance(on_device, bool):  # YAML reads true/false as booleans; auto stays a string
+            on_device = "true" if on_device else "false"
+        self.on_device = check_choice("on_device", on_device, ON_DEVICE_CHOICES)
         self.on_device_reasons: dict[str, str] = {}  # split -> why it is (not) held on the device, as logged
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -215,6 +190,10 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
     def data_dim(self) -> int:
         """Number of scalar dimensions per example, prod(data_shape)."""
         return math.prod(self.data_shape)
+
+    def check_location(self) -> None:
+        """Raise a ``ParameterError`` when the data cannot be where the arguments say (start-up validation calls
+        it before any data is read; it may stat paths but reads nothing). Datasets generated or bundled: nothing."""
 
     @abc.abstractmethod
     def build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -251,7 +230,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
             self._resume = None
         device = self._device()
         held, reason = choose_on_device(self.on_device, dataset, device, split)
-        if self.on_device_reasons.get(split) != reason and _rank_and_world()[0] == 0:
+        if self.on_device_reasons.get(split) != reason and rank_and_world()[0] == 0:
             log.info(reason)
         self.on_device_reasons[split] = reason
         if held:
@@ -302,9 +281,3 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         """Test batches ``(index, x)`` in a fixed order (no shuffle, no drop)."""
         self._require_setup()
         return self._loader(UniqueIndexDataset(self.test_set), self.eval_batch_size, train=False, split="test")
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    """Raise a ValueError unless ``value`` is an integer >= 1."""
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -25,18 +25,9 @@ from torch.utils.data import Dataset
 
 from vdmlab.data.base import EpochSampler, LevelDataset, UniqueIndexDataset, levels_to_values
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vdmlab")
 
 AUTO_FRACTION = 0.25  # `auto` holds a split on an accelerator when it takes less than this share of free memory
-ON_DEVICE_CHOICES = ("auto", "true", "false")
-
-
-def parse_on_device(value) -> str:
-    """``dataset.on_device`` as one of ``auto``, ``true``, ``false`` (YAML may give a bool)."""
-    text = str(value).lower()
-    if text not in ON_DEVICE_CHOICES:
-        raise ValueError(f"dataset.on_device={value!r} is not one of auto, true, false")
-    return text
 
 
 def level_source(dataset: Dataset) -> LevelDataset | None:

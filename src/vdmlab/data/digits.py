@@ -42,34 +42,10 @@ class DigitsDataModule(DiffusionDataModule):
     and the row indices into ``load_digits()`` as ``split_indices``; the datasets yield only x.
     """
 
-    def __init__(
-        self,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        pin_memory: bool = False,
-        on_device: str | bool = "auto",
-    ):
-        """
-        Args:
-            batch_size: training batch size (the last incomplete batch is dropped).
-            eval_batch_size: validation/test batch size; None means ``batch_size``.
-            num_workers: DataLoader worker processes.
-            seed: seed of the training shuffle order (the splits themselves are fixed).
-            pin_memory: pin host memory in the DataLoaders.
-            on_device: auto | true | false: gather batches from the split held on the training device.
-        """
-        super().__init__(
-            num_levels=DIGITS_NUM_LEVELS,
-            data_shape=DIGITS_SHAPE,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            pin_memory=pin_memory,
-            on_device=on_device,
-        )
+    def __init__(self, **common):
+        """``common``: the arguments of every datamodule (batch sizes, workers, seed; see
+        :class:`~vdmlab.data.base.DiffusionDataModule`); ``seed`` orders the shuffle only, the splits are fixed."""
+        super().__init__(num_levels=DIGITS_NUM_LEVELS, data_shape=DIGITS_SHAPE, **common)
         self.train_labels: torch.Tensor | None = None
         self.val_labels: torch.Tensor | None = None
         self.test_labels: torch.Tensor | None = None

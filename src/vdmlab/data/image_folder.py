@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vdmlab.checks import ParameterError, check_bool, check_choice, check_float, check_folder, check_int
 from vdmlab.data.base import DiffusionDataModule, levels_to_values
 
 DEFAULT_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "gif")
@@ -109,12 +110,7 @@ class ImageFolderDataModule(DiffusionDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         verify_images: bool = True,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        pin_memory: bool = False,
-        on_device: str | bool = "auto",
+        **common,
     ):
         """
         Args:
@@ -126,46 +122,26 @@ class ImageFolderDataModule(DiffusionDataModule):
             test_fraction: fraction of the images used for testing (at least 1 when there are >= 3 images).
             verify_images: check in ``setup`` that every file opens with PIL (``verify()``), naming the first
                 bad file; turn off only for huge folders already known to be clean.
-            batch_size: training batch size (the last incomplete batch is dropped).
-            eval_batch_size: validation/test batch size; None means ``batch_size``.
-            num_workers: DataLoader worker processes.
-            seed: seeds the train/val/test split and the training shuffle order.
-            pin_memory: pin host memory in the DataLoaders.
-            on_device: auto | true | false: gather batches from the split held on the training device.
+            common: the arguments of every datamodule (see :class:`~vdmlab.data.base.DiffusionDataModule`);
+                here ``seed`` also seeds the train/val/test split.
         """
-        if channels not in (1, 3):
-            raise ValueError(
-                f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}; set dataset.channels"
-            )
-        if int(image_size) != image_size or image_size < 1:
-            raise ValueError(
-                f"image_size must be an integer >= 1, got {image_size!r}; set dataset.image_size"
-            )
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
-        if val_fraction + test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1 to leave training images, got "
-                f"{val_fraction} + {test_fraction}"
-            )
-        super().__init__(
-            num_levels=256,
-            data_shape=(int(channels), int(image_size), int(image_size)),
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            pin_memory=pin_memory,
-            on_device=on_device,
-        )
-        self.root = Path(root).expanduser()
-        self.image_size = int(image_size)
-        self.channels = int(channels)
+        channels = check_choice("channels", channels, (1, 3))
+        image_size = check_int("image_size", image_size, 1)
+        fractions = {name: check_float(name, value, minimum=0.0, maximum=1.0, open_max=True)
+                     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction))}
+        if sum(fractions.values()) >= 1:
+            raise ParameterError(tuple(fractions), tuple(fractions.values()),
+                                 "val_fraction + test_fraction must be < 1 to leave training images")
+        self.verify_images = check_bool("verify_images", verify_images)
+        self.root = Path(str(root)).expanduser()
+        super().__init__(num_levels=256, data_shape=(channels, image_size, image_size), **common)
+        self.image_size, self.channels = image_size, channels
         self.extensions = normalize_extensions(extensions)
-        self.val_fraction = float(val_fraction)
-        self.test_fraction = float(test_fraction)
-        self.verify_images = bool(verify_images)
+        self.val_fraction, self.test_fraction = fractions["val_fraction"], fractions["test_fraction"]
+
+    def check_location(self) -> None:
+        """The root folder must exist (a stat, nothing is read)."""
+        check_folder("root", self.root)
 
     def list_files(self) -> list[Path]:
         """All image files below ``root``, with clear errors for a missing root, no images or a bad file."""

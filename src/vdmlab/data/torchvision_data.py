@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets.utils import extract_archive
 
+from vdmlab.checks import check_bool, check_folder, check_int
 from vdmlab.data.base import DatasetNotFoundError, DiffusionDataModule, LevelDataset
 
 _FIX = (
@@ -50,34 +51,17 @@ class _TorchvisionDataModule(DiffusionDataModule, abc.ABC):
 
     dataset_name: str
 
-    def __init__(
-        self,
-        root: str | Path,
-        download: bool,
-        val_size: int,
-        data_shape: tuple[int, ...],
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        seed: int,
-        pin_memory: bool,
-        on_device: str | bool,
-    ):
-        super().__init__(
-            num_levels=256,
-            data_shape=data_shape,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            pin_memory=pin_memory,
-            on_device=on_device,
-        )
-        if int(val_size) != val_size or val_size < 0:
-            raise ValueError(f"val_size must be an integer >= 0, got {val_size!r}")
-        self.root = Path(root).expanduser()
-        self.download = bool(download)
-        self.val_size = int(val_size)
+    def __init__(self, root: str | Path, download: bool, val_size: int, data_shape: tuple[int, ...], **common):
+        """``root``, ``download``, ``val_size``: see the subclasses; ``common``: see ``DiffusionDataModule``."""
+        self.download = check_bool("download", download)
+        self.root = Path(str(root)).expanduser()
+        self.val_size = check_int("val_size", val_size, 0)
+        super().__init__(num_levels=256, data_shape=data_shape, **common)
+
+    def check_location(self) -> None:
+        """Without ``download`` the root folder must exist (a stat, nothing is read)."""
+        if not self.download:
+            check_folder("root", self.root)
         self.train_labels: Tensor | None = None
         self.val_labels: Tensor | None = None
         self.test_labels: Tensor | None = None
@@ -177,43 +161,23 @@ class MNISTDataModule(_TorchvisionDataModule):
 
     def __init__(
         self,
-        root: str = "data",
+        root: str,
+        *,
+        pad_to_32: bool,
         download: bool = True,
         val_size: int = 5000,
-        pad_to_32: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        pin_memory: bool = False,
-        on_device: str | bool = "auto",
+        **common,
     ):
         """
         Args:
             root: data folder; the files live in ``<root>/MNIST/raw``.
-            download: download the files when missing (needs internet).
-            val_size: the last ``val_size`` official training images form the validation set.
             pad_to_32: pad each side by 2 pixels of value -1 to 32 x 32.
-            batch_size: training batch size (the last incomplete batch is dropped).
-            eval_batch_size: validation/test batch size; None means ``batch_size``.
-            num_workers: DataLoader worker processes.
-            seed: seed of the training shuffle order.
-            pin_memory: pin host memory in the DataLoaders.
-            on_device: auto | true | false: gather batches from the split held on the training device.
+            download: download the files when missing (needs internet); without it ``root`` must exist.
+            val_size: the last ``val_size`` official training images form the validation set.
+            common: the arguments of every datamodule (see :class:`~vdmlab.data.base.DiffusionDataModule`).
         """
-        side = 32 if pad_to_32 else 28
-        super().__init__(
-            root=root,
-            download=download,
-            val_size=val_size,
-            data_shape=(1, side, side),
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            pin_memory=pin_memory,
-            on_device=on_device,
-        )
+        side = 32 if check_bool("pad_to_32", pad_to_32) else 28
+        super().__init__(root=root, download=download, val_size=val_size, data_shape=(1, side, side), **common)
         self.pad_to_32 = bool(pad_to_32)
 
     @property
@@ -253,41 +217,20 @@ class CIFAR10DataModule(_TorchvisionDataModule):
 
     def __init__(
         self,
-        root: str = "data",
+        root: str,
         download: bool = True,
         val_size: int = 5000,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        pin_memory: bool = False,
-        on_device: str | bool = "auto",
+        **common,
     ):
         """
         Args:
             root: data folder; the files live in ``<root>/cifar-10-batches-py``
                 (or as the archive ``<root>/cifar-10-python.tar.gz``, unpacked on first use).
-            download: download the files when missing (needs internet).
+            download: download the files when missing (needs internet); without it ``root`` must exist.
             val_size: the last ``val_size`` official training images form the validation set.
-            batch_size: training batch size (the last incomplete batch is dropped).
-            eval_batch_size: validation/test batch size; None means ``batch_size``.
-            num_workers: DataLoader worker processes.
-            seed: seed of the training shuffle order.
-            pin_memory: pin host memory in the DataLoaders.
-            on_device: auto | true | false: gather batches from the split held on the training device.
+            common: the arguments of every datamodule (see :class:`~vdmlab.data.base.DiffusionDataModule`).
         """
-        super().__init__(
-            root=root,
-            download=download,
-            val_size=val_size,
-            data_shape=(3, 32, 32),
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            pin_memory=pin_memory,
-            on_device=on_device,
-        )
+        super().__init__(root=root, download=download, val_size=val_size, data_shape=(3, 32, 32), **common)
 
     @property
     def files_folder(self) -> Path:

@@ -24,6 +24,7 @@ from sklearn.datasets import make_moons
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vdmlab.checks import ParameterError, check_int, check_positive
 from vdmlab.data.base import DiffusionDataModule, LevelDataset, level_dtype, values_to_levels
 
 TOY2D_NAMES = ("five_clusters", "moons", "checkerboard", "ring", "gaussian")
@@ -38,7 +39,7 @@ MOONS_MARGIN = 0.8  # moons' x-range [-1, 2] is mapped onto [-0.8, 0.8] (same sc
 def _check_name(name: str) -> None:
     """Raise a ValueError listing the allowed names unless ``name`` is one of them."""
     if name not in TOY2D_NAMES:
-        raise ValueError(f"unknown toy2d dataset name {name!r}; allowed names: {', '.join(TOY2D_NAMES)}")
+        raise ParameterError("name", name, f"unknown toy2d dataset name; allowed names: {', '.join(TOY2D_NAMES)}")
 
 
 def _noise(name: str, noise: float | None) -> float:
@@ -185,12 +186,7 @@ class Toy2DDataModule(DiffusionDataModule):
         n_test: int = 1000,
         noise: float | None = None,
         num_levels: int = 256,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        pin_memory: bool = False,
-        on_device: str | bool = "auto",
+        **common,
     ):
         """
         Args:
@@ -201,27 +197,14 @@ class Toy2DDataModule(DiffusionDataModule):
             noise: noise scale (five_clusters: component std; moons: sklearn noise; ring: radial std;
                 gaussian: std; ignored by checkerboard); None uses the dataset's default.
             num_levels: K; the points are quantized to the K-level grid of [-1, 1] (discrete likelihood).
-            batch_size: training batch size (the last incomplete batch is dropped).
-            eval_batch_size: validation/test batch size; None means ``batch_size``.
-            num_workers: DataLoader worker processes.
-            seed: seeds both the data generation (each split from its own stream) and the shuffle order.
-            pin_memory: pin host memory in the DataLoaders.
-            on_device: auto | true | false: gather batches from the split held on the training device.
+            common: the arguments of every datamodule (see :class:`~vdmlab.data.base.DiffusionDataModule`);
+                here ``seed`` also seeds the data generation (each split from its own stream).
         """
         _check_name(name)
-        super().__init__(
-            num_levels=num_levels,
-            data_shape=(2,),
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            pin_memory=pin_memory,
-            on_device=on_device,
-        )
-        for arg, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-            if int(value) != value or value < 0:
-                raise ValueError(f"{arg} must be an integer >= 0, got {value!r}")
+        super().__init__(num_levels=num_levels, data_shape=(2,), **common)
+        n_train, n_val, n_test = (check_int(arg, value, 0) for arg, value in
+                                  (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)))
+        check_positive("noise", noise, optional=True)
         self.name = name
         self.n_train, self.n_val, self.n_test = int(n_train), int(n_val), int(n_test)
         self.noise = _noise(name, noise)

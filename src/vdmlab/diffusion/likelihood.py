@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from vdmlab.checks import check_int
 from vdmlab.diffusion.losses import diffusion_loss, low_discrepancy_times
 from vdmlab.diffusion.noise import counter_normal
 from vdmlab.diffusion.parameterization import Parameterization
@@ -29,14 +30,25 @@ def prior_kl(x: Tensor, logsnr_1: Tensor) -> Tensor:
     return 0.5 * (alpha2 * (x.pow(2) - 1.0) - log_sigma2).flatten(1).sum(1)
 
 
+def levels_to_values(levels: Tensor, num_levels: int) -> Tensor:
+    """The K-level grid: integer levels k ∈ {0, …, K-1} → float32 data values ``-1 + 2k/(K-1)``.
+
+    The one formula for the grid (data, decoder and samples), so that values from every code path compare equal.
+    """
+    num_levels = check_int("num_levels", num_levels, 2)
+    return torch.as_tensor(levels).to(torch.float32) * (2.0 / (num_levels - 1)) - 1.0
+
+
+def values_to_levels(x: Tensor, num_levels: int) -> Tensor:
+    """Index k (int64) of the grid level nearest to each value of x, which is first clamped to [-1, 1]."""
+    num_levels = check_int("num_levels", num_levels, 2)
+    x = torch.as_tensor(x).clamp(-1.0, 1.0)
+    return torch.round((x + 1.0) * ((num_levels - 1) / 2.0)).to(torch.int64)
+
+
 def levels(num_levels: int, device=None, dtype=torch.float32) -> Tensor:
     """The K data values -1 + 2k/(K-1), k = 0..K-1."""
-    return torch.linspace(-1.0, 1.0, num_levels, device=device, dtype=dtype)
-
-
-def level_index(x: Tensor, num_levels: int) -> Tensor:
-    """Index k of the level nearest to each value of x."""
-    return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 0.5 * (num_levels - 1)).long()
+    return levels_to_values(torch.arange(num_levels, device=device), num_levels).to(dtype)
 
 
 def decoder_logits(z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
@@ -50,20 +62,30 @@ def decoder_logits(z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
 def decoder_nll(x: Tensor, z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
     """-log p(x|z_0) of the discretized decoder, summed over dimensions, eq. (3.54); ``[B]``."""
     log_probs = torch.log_softmax(decoder_logits(z_0, logsnr_0, num_levels), dim=-1)
-    idx = level_index(x, num_levels).unsqueeze(-1)
+    idx = values_to_levels(x, num_levels).unsqueeze(-1)
     return -log_probs.gather(-1, idx).squeeze(-1).flatten(1).sum(1)
 
 
 def decode(z_0: Tensor, logsnr_0: Tensor, num_levels: int) -> Tensor:
     """The mode of p(x|z_0): the level nearest to z_0/α_0, returned as data values in [-1, 1]."""
     alpha_0, _ = alpha_sigma(expand_like(logsnr_0, z_0))
-    idx = level_index(z_0 / alpha_0, num_levels)
-    return -1.0 + 2.0 * idx.to(z_0.dtype) / (num_levels - 1)
+    return levels_to_values(values_to_levels(z_0 / alpha_0, num_levels), num_levels).to(z_0.dtype)
 
 
 def bits_per_dim(nats: Tensor, data_dim: int) -> Tensor:
     """Convert nats per example to bits per dimension: ÷ (D · ln 2)."""
     return nats / (data_dim * math.log(2.0))
+
+
+def endpoint_terms(x: Tensor, schedule: Schedule, eps: Tensor, num_levels: int) -> tuple[Tensor, Tensor]:
+    """The prior KL at λ(1) and the decoder NLL at z_0 = α_0·x + σ_0·ε, eq. (3.60), each ``[B]`` nats.
+
+    They depend on the schedule only through its endpoints, differentiably so when it trains them
+    (``schedule.trainable_endpoints``).
+    """
+    logsnr_1, logsnr_0 = (e.expand(x.shape[0]) for e in schedule.endpoints(x))
+    z_0 = diffuse(x, logsnr_0, eps)
+    return prior_kl(x, logsnr_1), decoder_nll(x, z_0, logsnr_0, num_levels)
 
 
 @dataclass
@@ -112,8 +134,6 @@ def negative_elbo(
     of how the data are batched or sharded across DDP ranks.
     """
     batch = x.shape[0]
-    ends = torch.tensor([schedule.logsnr_max, schedule.logsnr_min], device=x.device, dtype=x.dtype)
-    logsnr_0, logsnr_1 = (e.expand(batch) for e in ends)
     if example_ids is None:
         t_0 = low_discrepancy_times(batch, generator=generator, device=x.device)
         draws = [torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for _ in range(num_samples + 1)]
@@ -123,7 +143,7 @@ def negative_elbo(
         wide = torch.float32 if x.device.type == "mps" else torch.float64
         t_0 = torch.remainder(u + ids.to(wide) * GOLDEN, 1.0).to(x.dtype)
         draws = counter_normal(seed, ids, num_samples + 1, x.shape[1:], dtype=x.dtype)  # [S + 1, B, ...], on device
-    z_0 = diffuse(x, logsnr_0, draws[0])
+    prior, reconstruction = endpoint_terms(x, schedule, draws[0], num_levels)
     diffusion = torch.zeros(batch, device=x.device, dtype=x.dtype)
     for k in range(num_samples):
         t = torch.remainder(t_0 + k / num_samples, 1.0)  # stratified per example and across the batch
@@ -132,8 +152,4 @@ def negative_elbo(
             parameterization=parameterization, timesteps=timesteps,
         )
         diffusion = diffusion + terms.elbo.detach() / num_samples
-    return ELBOTerms(
-        diffusion=diffusion,
-        prior=prior_kl(x, logsnr_1),
-        reconstruction=decoder_nll(x, z_0, logsnr_0, num_levels),
-    )
+    return ELBOTerms(diffusion=diffusion, prior=prior, reconstruction=reconstruction)

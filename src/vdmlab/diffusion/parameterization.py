@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vdmlab.diffusion.process import alpha_sigma, expand_like, posterior_coefficients
+from vdmlab.diffusion.process import alpha_sigma, expand_like, posterior_mean
 
 Denoiser = Callable[[Tensor, Tensor], "Prediction"]
 
@@ -42,12 +42,6 @@ def x_from_eps(eps_hat: Tensor, z_t: Tensor, logsnr: Tensor) -> Tensor:
     """x̂ = (z_t - σ_t ε̂)/α_t, Table 4.2."""
     alpha_t, sigma_t = _coefs(z_t, logsnr)
     return (z_t - sigma_t * eps_hat) / alpha_t
-
-
-def posterior_mean_x(z_t: Tensor, x_hat: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
-    """Model posterior mean μθ(z_t; s, t) with x̂ in place of x, eqs. (3.59, 4.1)."""
-    a, b = posterior_coefficients(logsnr_s, logsnr_t)
-    return expand_like(a, z_t) * z_t + expand_like(b, z_t) * x_hat
 
 
 class Parameterization:
@@ -81,8 +75,8 @@ class Parameterization:
         return Prediction(self.to_eps(out, z_t, logsnr), x_hat)
 
     def posterior_mean(self, out: Tensor, z_t: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
-        """μθ(z_t; s, t) for this parameterization, Table 4.1 (through x̂, eq. 4.1)."""
-        return posterior_mean_x(z_t, self.to_x(out, z_t, logsnr_t), logsnr_s, logsnr_t)
+        """μθ(z_t; s, t) for this parameterization: eq. (3.47) with x̂ in place of x, eqs. (3.59, 4.1), Table 4.1."""
+        return posterior_mean(z_t, self.to_x(out, z_t, logsnr_t), logsnr_s, logsnr_t)
 
     def denoiser(self, net: nn.Module, clip_x: bool = False) -> Denoiser:
         """A closure (z_t, λ) → Prediction for samplers and likelihood evaluation."""

@@ -6,12 +6,14 @@ Every schedule exposes the same interface:
 - ``t_of(logsnr)``: the inverse t(λ);
 - ``density(logsnr)``: p(λ) = -dt/dλ, the importance distribution of eq. (4.123) (zero outside the support).
 
-``LearnedSchedule`` (VDM's monotone network, App. A.2) and ``AdaptiveSchedule`` (VDM++, eq. 4.130) have
-parameters or state, updated through the ``update(logsnr, loss)`` hook that training calls before backward.
+This module holds the fixed schedules, pure functions of t. The schedules with parameters or state that
+change during training, ``LearnedSchedule`` (VDM's monotone network, App. A.2) and ``AdaptiveSchedule``
+(VDM++, eq. 4.130), live in :mod:`vdmlab.diffusion.learned_schedules`; they share the ``Schedule`` base and
+its ``update(logsnr, loss)`` hook, which training calls before backward.
 
 The fixed schedules are truncated reparameterisations λ(t) = g(τ₀ + (τ₁ - τ₀)t) of a monotone map g, with
 τ₀ = g⁻¹(λ_max) and τ₁ = g⁻¹(λ_min): each alternative only names g, g⁻¹ and g'. They are ``nn.Module``s so
-that learned and adaptive schedules (which have parameters or state) are interchangeable with them.
+that the learned and adaptive schedules are interchangeable with them.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vdmlab.checks import ParameterError, check_float, check_int, check_positive
+
 
 class Schedule(nn.Module, abc.ABC):
     """A strictly decreasing map t → λ with endpoints λ(0) = ``logsnr_max`` and λ(1) = ``logsnr_min``."""
 
     def __init__(self, logsnr_min: float, logsnr_max: float):
         super().__init__()
-        if not (math.isfinite(logsnr_min) and math.isfinite(logsnr_max)) or logsnr_min >= logsnr_max:
-            raise ValueError(
-                f"schedule endpoints must be finite with logsnr_min < logsnr_max, got "
-                f"logsnr_min={logsnr_min}, logsnr_max={logsnr_max}; fix schedule.logsnr_min/logsnr_max"
-            )
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (logsnr_min, logsnr_max))
+        if not (numbers and math.isfinite(logsnr_min) and math.isfinite(logsnr_max) and logsnr_min < logsnr_max):
+            raise ParameterError(("logsnr_min", "logsnr_max"), (logsnr_min, logsnr_max),
+                                 "they must be finite with logsnr_min < logsnr_max (set diffusion.logsnr_min/logsnr_max)")
         self._set_endpoints(float(logsnr_min), float(logsnr_max))
         self._pending: list[tuple[Tensor, Tensor]] = []  # micro-batches gathered by ``accumulate``
 
@@ -95,12 +98,27 @@ class Schedule(nn.Module, abc.ABC):
 
 
 class TruncatedSchedule(Schedule, abc.ABC):
-    """λ(t) = g(τ₀ + (τ₁ - τ₀)t) for a decreasing g, truncated so that the endpoints are exact."""
+    """λ(t) = g(τ₀ + (τ₁ - τ₀)t) for a decreasing g, truncated so that the endpoints are exact.
+
+    Schedules whose g maps (0, 1) onto the real line also name the complementary forms ḡ(ρ) = g(1 - ρ),
+    ḡ⁻¹(λ) = 1 - g⁻¹(λ) and ḡ'(ρ) = g'(1 - ρ) (``two_tailed``): ρ = 1 - τ is then carried beside τ and every
+    formula reads whichever of the two is below ½. Near τ = 1 (the λ_min end) τ itself rounds in float32
+    (1 - 10⁻⁸ == 1), so λ = -30 would come out as -28.6; ρ keeps its digits there. dλ/dt saturates at the
+    largest finite float of its dtype where its true value is beyond it (EDM's |dλ/dt| reaches 10⁴⁰ at λ = -30).
+    """
+
+    #: True when the subclass defines ``_g_c``, ``_g_inv_c`` and ``_dg_c`` (g on (0, 1), both tails carried).
+    two_tailed: bool = False
 
     def __init__(self, logsnr_min: float, logsnr_max: float):
         super().__init__(logsnr_min, logsnr_max)
-        self.tau0 = float(self._g_inv(torch.tensor(self.logsnr_max, dtype=torch.float64)))
-        self.tau1 = float(self._g_inv(torch.tensor(self.logsnr_min, dtype=torch.float64)))
+        ends = torch.tensor([self.logsnr_max, self.logsnr_min], dtype=torch.float64)
+        self.tau0, self.tau1 = (float(v) for v in self._g_inv(ends))
+        if self.two_tailed:  # 1 - τ at the endpoints, computed directly rather than as 1 - τ
+            self.rho0, self.rho1 = (float(v) for v in self._g_inv_c(ends))
+            self.span = self.rho0 - self.rho1 if self.tau0 > 0.5 else self.tau1 - self.tau0  # no cancellation
+        else:
+            self.span = self.tau1 - self.tau0
 
     @abc.abstractmethod
     def _g(self, tau: Tensor) -> Tensor:
@@ -114,27 +132,59 @@ class TruncatedSchedule(Schedule, abc.ABC):
     def _dg(self, tau: Tensor) -> Tensor:
         """The monotone map g, its inverse or its derivative."""
 
+    def _g_c(self, rho: Tensor) -> Tensor:
+        """ḡ(ρ) = g(1 - ρ), accurate for small ρ (``two_tailed`` schedules)."""
+        raise NotImplementedError
+
+    def _g_inv_c(self, logsnr: Tensor) -> Tensor:
+        """ḡ⁻¹(λ) = 1 - g⁻¹(λ), accurate where it is small (``two_tailed`` schedules)."""
+        raise NotImplementedError
+
+    def _dg_c(self, rho: Tensor) -> Tensor:
+        """ḡ'(ρ) = g'(1 - ρ), accurate for small ρ (``two_tailed`` schedules)."""
+        raise NotImplementedError
+
     def _tau(self, t: Tensor) -> Tensor:
-        return self.tau0 + (self.tau1 - self.tau0) * t
+        return self.tau0 + self.span * t
+
+    def _rho(self, t: Tensor) -> Tensor:
+        """ρ(t) = 1 - τ(t) = ρ₁ + (τ₁ - τ₀)(1 - t), without forming 1 - τ (exact at t = 1 as τ is at t = 0)."""
+        return self.rho1 + self.span * (1.0 - t)
+
+    def _two_tails(self, t: Tensor, lower, upper) -> Tensor:
+        """``lower(τ)`` where τ(t) < ½, else ``upper(ρ)``; each branch sees only values where it is accurate."""
+        tau = self._tau(t)
+        if not self.two_tailed:
+            return lower(tau)
+        rho = self._rho(t)
+        return torch.where(tau < 0.5, lower(tau.clamp(max=0.5)), upper(rho.clamp(max=0.5)))
+
+    def _exact_ends(self, t: Tensor, logsnr: Tensor) -> Tensor:
+        """λ clamped to [λ_min, λ_max] against rounding, and exactly λ_max at t = 0 and λ_min at t = 1."""
+        logsnr = logsnr.clamp(self.logsnr_min, self.logsnr_max)
+        logsnr = torch.where(t <= 0, torch.full_like(logsnr, self.logsnr_max), logsnr)
+        return torch.where(t >= 1, torch.full_like(logsnr, self.logsnr_min), logsnr)
 
     def logsnr(self, t: Tensor) -> Tensor:
-        """λ(t) = g(τ(t)), clamped to the endpoints against float rounding."""
-        return self._g(self._tau(t)).clamp(self.logsnr_min, self.logsnr_max)
+        """λ(t) = g(τ(t)) (or ḡ(ρ(t)) in the upper tail), with exact endpoints."""
+        return self._exact_ends(t, self._two_tails(t, self._g, self._g_c))
 
     def dlogsnr_dt(self, t: Tensor) -> Tensor:
-        """dλ/dt = g'(τ)·(τ₁ - τ₀) by the chain rule."""
-        return self._dg(self._tau(t)) * (self.tau1 - self.tau0)
+        """dλ/dt = g'(τ)·(τ₁ - τ₀) by the chain rule, saturated at the dtype's largest finite value."""
+        d = self._two_tails(t, self._dg, self._dg_c) * self.span
+        return d.clamp(min=-torch.finfo(d.dtype).max)
 
     def t_of(self, logsnr: Tensor) -> Tensor:
-        """t(λ) = (g⁻¹(λ) - τ₀)/(τ₁ - τ₀)."""
-        return (self._g_inv(logsnr) - self.tau0) / (self.tau1 - self.tau0)
+        """t(λ) = (g⁻¹(λ) - τ₀)/(τ₁ - τ₀), or (ρ₀ - ḡ⁻¹(λ))/(τ₁ - τ₀) in the upper tail of τ."""
+        from_tau = (self._g_inv(logsnr) - self.tau0) / self.span
+        if not self.two_tailed:
+            return from_tau
+        rho = self._g_inv_c(logsnr)
+        return torch.where(rho > 0.5, from_tau, 1.0 - (rho - self.rho1) / self.span)
 
 
 class LinearSchedule(TruncatedSchedule):
-    """VDM's linear γ: λ(t) = λ_max + (λ_min - λ_max)t, so p(λ) is uniform (VDM default γ ∈ [-13.3, 5])."""
-
-    def __init__(self, logsnr_min: float = -5.0, logsnr_max: float = 13.3):
-        super().__init__(logsnr_min, logsnr_max)
+    """VDM's linear γ: λ(t) = λ_max + (λ_min - λ_max)t, so p(λ) is uniform."""
 
     def _g(self, tau: Tensor) -> Tensor:
         return -tau
@@ -150,26 +200,37 @@ class ShiftedCosineSchedule(TruncatedSchedule):
     """Cosine schedule α = cos(πτ/2), λ = -2 log tan(πτ/2) + shift (Nichol & Dhariwal; simple diffusion).
 
     ``shift`` = 2·log(base/resolution) shifts the whole schedule (Hoogeboom et al. 2023); 0 is plain cosine.
+    The upper tail uses tan(π(1 - ρ)/2) = 1/tan(πρ/2) and sin(π(1 - ρ)) = sin(πρ).
     """
 
-    def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0, shift: float = 0.0):
-        self.shift = float(shift)
+    two_tailed = True
+
+    def __init__(self, logsnr_min: float, logsnr_max: float, shift: float = 0.0):
+        self.shift = check_float("shift", shift)
         super().__init__(logsnr_min, logsnr_max)
 
     def _g(self, tau: Tensor) -> Tensor:
         return -2.0 * torch.log(torch.tan(0.5 * math.pi * tau)) + self.shift
 
+    def _g_c(self, rho: Tensor) -> Tensor:
+        return 2.0 * torch.log(torch.tan(0.5 * math.pi * rho)) + self.shift
+
     def _g_inv(self, logsnr: Tensor) -> Tensor:
         return (2.0 / math.pi) * torch.atan(torch.exp(-0.5 * (logsnr - self.shift)))
 
+    def _g_inv_c(self, logsnr: Tensor) -> Tensor:
+        return (2.0 / math.pi) * torch.atan(torch.exp(0.5 * (logsnr - self.shift)))
+
     def _dg(self, tau: Tensor) -> Tensor:
         return -2.0 * math.pi / torch.sin(math.pi * tau)
+
+    _dg_c = _dg  # sin(π(1 - ρ)) = sin(πρ)
 
 
 class CosineSchedule(ShiftedCosineSchedule):
     """Nichol & Dhariwal's cosine schedule, λ = -2 log tan(πt/2), truncated to the endpoints."""
 
-    def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0):
+    def __init__(self, logsnr_min: float, logsnr_max: float):
         super().__init__(logsnr_min, logsnr_max, shift=0.0)
 
 
@@ -181,74 +242,66 @@ def resolution_shift(resolution: int, base: int = 64) -> float:
 class SimpleDiffusionSchedule(ShiftedCosineSchedule):
     """Shifted cosine configured by image resolution: shift = 2·log(base/resolution) (Hoogeboom et al.)."""
 
-    def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0, resolution: int = 8, base: int = 64):
+    def __init__(self, logsnr_min: float, logsnr_max: float, resolution: int = 8, base: int = 64):
+        resolution, base = check_int("resolution", resolution, 1), check_int("base", base, 1)
         super().__init__(logsnr_min, logsnr_max, shift=resolution_shift(resolution, base))
-
-
-def _normal_cdf(x: float) -> float:
-    """Φ(x) in double precision, accurate in the lower tail (erfc, not 1 - erf)."""
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
 class EDMSchedule(TruncatedSchedule):
     """EDM's training noise distribution λ ~ N(mean, std²) truncated, through the normal inverse CDF.
 
     λ(t) = mean - std·Φ⁻¹(τ), so p(λ) = N(λ; mean, std²)/(τ₁ - τ₀). EDM's P_mean = -1.2, P_std = 1.2 on
-    log σ correspond to mean = 2.4, std = 2.4 on λ = -2 log σ. Both tails are carried separately
-    (τ and 1 - τ), so endpoints many standard deviations out stay finite in float32.
+    log σ correspond to mean = 2.4, std = 2.4 on λ = -2 log σ. Both tails are carried (τ and 1 - τ = Φ of the
+    mirrored argument) and Φ is evaluated as exp(log Φ): ``torch.special.ndtr`` underflows to 0 below
+    about -8.3 (float64 too), which made τ₀ = 0 and dλ/dt = -inf at t = 0 for logsnr_max > 22.3.
     """
 
-    def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0, mean: float = 2.4, std: float = 2.4):
-        self.mean, self.std = float(mean), float(std)
+    two_tailed = True
+
+    def __init__(self, logsnr_min: float, logsnr_max: float, mean: float = 2.4, std: float = 2.4):
+        self.mean, self.std = check_float("mean", mean), check_positive("std", std)
         super().__init__(logsnr_min, logsnr_max)
-        # upper-tail masses 1 - τ at the endpoints, computed directly rather than as 1 - τ
-        self.rho0 = _normal_cdf((self.logsnr_max - self.mean) / self.std)
-        self.rho1 = _normal_cdf((self.logsnr_min - self.mean) / self.std)
 
     def _g(self, tau: Tensor) -> Tensor:
         return self.mean - self.std * torch.special.ndtri(tau)
 
+    def _g_c(self, rho: Tensor) -> Tensor:
+        return self.mean + self.std * torch.special.ndtri(rho)
+
     def _g_inv(self, logsnr: Tensor) -> Tensor:
-        return torch.special.ndtr((self.mean - logsnr) / self.std)
+        return torch.exp(torch.special.log_ndtr((self.mean - logsnr) / self.std))
+
+    def _g_inv_c(self, logsnr: Tensor) -> Tensor:
+        return torch.exp(torch.special.log_ndtr((logsnr - self.mean) / self.std))
 
     def _dg(self, tau: Tensor) -> Tensor:
+        """g'(τ) = -std·√(2π)·exp(Φ⁻¹(τ)²/2)."""
         return -self.std * math.sqrt(2.0 * math.pi) * torch.exp(0.5 * torch.special.ndtri(tau) ** 2)
 
-    def _probit(self, t: Tensor) -> Tensor:
-        """Φ⁻¹(τ(t)) from whichever tail, τ or 1 - τ, is smaller."""
-        tau = self._tau(t)
-        rho = self.rho1 + (self.rho0 - self.rho1) * (1.0 - t)
-        return torch.where(tau < 0.5, torch.special.ndtri(tau), -torch.special.ndtri(rho))
-
-    def logsnr(self, t: Tensor) -> Tensor:
-        """λ(t) = mean - std·Φ⁻¹(τ(t))."""
-        return (self.mean - self.std * self._probit(t)).clamp(self.logsnr_min, self.logsnr_max)
-
-    def dlogsnr_dt(self, t: Tensor) -> Tensor:
-        """dλ/dt = -std·√(2π)·exp(Φ⁻¹(τ)²/2)·(τ₁ - τ₀)."""
-        return -self.std * math.sqrt(2.0 * math.pi) * torch.exp(0.5 * self._probit(t) ** 2) * (self.tau1 - self.tau0)
-
-    def t_of(self, logsnr: Tensor) -> Tensor:
-        """t(λ) from the lower tail Φ((mean - λ)/std) above the mean and the upper tail below it."""
-        from_tau = (torch.special.ndtr((self.mean - logsnr) / self.std) - self.tau0) / (self.tau1 - self.tau0)
-        from_rho = 1.0 - (torch.special.ndtr((logsnr - self.mean) / self.std) - self.rho1) / (self.tau1 - self.tau0)
-        return torch.where(logsnr > self.mean, from_tau, from_rho)
+    _dg_c = _dg  # Φ⁻¹(1 - ρ)² = Φ⁻¹(ρ)²
 
 
 class FlowSchedule(TruncatedSchedule):
     """Rectified flow α = 1 - τ, σ = τ mapped to VP: λ = 2·log((1 - τ)/τ) = -2·logit(τ)."""
 
-    def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0):
-        super().__init__(logsnr_min, logsnr_max)
+    two_tailed = True
 
     def _g(self, tau: Tensor) -> Tensor:
         return -2.0 * torch.logit(tau)
 
+    def _g_c(self, rho: Tensor) -> Tensor:
+        return 2.0 * torch.logit(rho)
+
     def _g_inv(self, logsnr: Tensor) -> Tensor:
         return torch.sigmoid(-0.5 * logsnr)
 
+    def _g_inv_c(self, logsnr: Tensor) -> Tensor:
+        return torch.sigmoid(0.5 * logsnr)
+
     def _dg(self, tau: Tensor) -> Tensor:
         return -2.0 / (tau * (1.0 - tau))
+
+    _dg_c = _dg  # symmetric in τ ↔ 1 - τ
 
 
 def logsnr_grid(schedule: Schedule, steps: int, device: torch.device | str | None = None) -> Tensor:
@@ -256,334 +309,3 @@ def logsnr_grid(schedule: Schedule, steps: int, device: torch.device | str | Non
     t = torch.linspace(1.0, 0.0, steps + 1, device=device)
     with torch.no_grad():
         return schedule.logsnr(t)
-
-
-# ---------------------------------------------------------------------------------------------- learned (VDM)
-class _VarianceGradient(torch.autograd.Function):
-    """Identity on the normalised shape whose backward multiplies the incoming cotangent by a per-example factor.
-
-    With the factor L_i/L̄ filled in by ``LearnedSchedule.update`` the shape parameters η receive
-    Σ_i (L_i/L̄)·∂L_i/∂η / B = ∇_η E[L²]/(2L̄) instead of ∇_η E[L]: the variance-minimising gradient of VDM
-    (App. A.2, VDM §5.2). Only the shape's own outputs are scaled, so the denoiser and the endpoints keep the
-    plain gradient of the loss.
-    """
-
-    @staticmethod
-    def forward(ctx, holder: list, *outputs: Tensor) -> tuple[Tensor, ...]:
-        ctx.holder = holder
-        return tuple(o.clone() for o in outputs)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor) -> tuple:
-        factor = ctx.holder[0]
-        if factor is None:  # no training step armed this forward: the plain gradient (factor 1), see LearnedSchedule
-            return (None, *grads)
-        return (None, *(g * factor.to(g.dtype) if g is not None else None for g in grads))
-
-
-def _distributed_world() -> int:
-    """The number of processes when torch.distributed is initialised, else 1."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum ``x`` over DDP ranks in place (a no-op without an initialised process group)."""
-    if _distributed_world() > 1:
-        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
-    return x
-
-
-class LearnedSchedule(Schedule):
-    """VDM's learned schedule: γ_η(t) = -λ(t) is a monotone network (App. A.2) rescaled to exact endpoints.
-
-    γ̃(t) = a·t + (1/F)·Σ_j c_j·(2·sigmoid(b_j(2t - 1) + d_j) - 1) with a, b_j, c_j > 0 (a linear part plus an
-    F-unit sigmoid branch, as in VDM's ``NoiseSchedule_NNet``), and λ(t) = λ_max - (λ_max - λ_min)·s(t) with the
-    normalised shape s(t) = (γ̃(t) - γ̃(0))/(γ̃(1) - γ̃(0)) (VDM eq. 59), so λ(0) = λ_max and λ(1) = λ_min exactly
-    whatever η is.
-
-    Positive weights are exp of unconstrained parameters, each stored divided by ``lr_multiplier``: with Adam-type
-    optimizers (scale-invariant) the schedule then moves ``lr_multiplier`` times faster than the denoiser, which a
-    run of a few thousand steps needs. The sigmoid units start with centres spread over [0, 1] and slopes
-    b_j log-uniform in [2, 40], weighted so that the initial schedule is close to linear.
-
-    Training: the shape η minimises the variance of the loss estimator through ``update(logsnr, loss)``, which
-    arms a per-example gradient factor L_i/L̄ for the backward of the current forward (``_VarianceGradient``):
-    ∇_η gets ∇_η E[L²]/(2L̄), the gradient of Var[L]/(2L̄) since E[L] does not depend on the shape (§4.3;
-    exactly so in continuous time with a weighting that does not read p(λ)). L̄ is the batch mean, all-reduced
-    over DDP ranks, so the scale matches the plain loss gradient and gradient clipping is not dominated by η.
-    A backward through a forward that ``update`` did not arm (plots, d/dt, evaluation) uses factor 1, the plain
-    gradient. With ``learn_endpoints`` the endpoints are parameters with the plain gradient of the loss; the
-    module adds the ELBO's prior and decoder terms (eq. 3.60) for them (``trainable_endpoints``).
-    """
-
-    def __init__(self, logsnr_min: float = -5.0, logsnr_max: float = 10.0, hidden: int = 1024,
-                 learn_endpoints: bool = False, lr_multiplier: float = 1.0):
-        self.learn_endpoints = bool(learn_endpoints)
-        super().__init__(logsnr_min, logsnr_max)
-        if int(hidden) < 1 or not lr_multiplier > 0:
-            raise ValueError(f"schedule.hidden must be >= 1 and schedule.lr_multiplier > 0, got {hidden}, {lr_multiplier}")
-        self.hidden, self.lr_multiplier = int(hidden), float(lr_multiplier)
-        gen = torch.Generator().manual_seed(0)
-        centre = torch.rand(self.hidden, generator=gen, dtype=torch.float64)
-        slope = torch.exp(math.log(2.0) + math.log(20.0) * torch.rand(self.hidden, generator=gen, dtype=torch.float64))
-        bias = -slope * (2.0 * centre - 1.0)
-        inside = torch.sigmoid(slope + bias) - torch.sigmoid(bias - slope)  # the share of each unit's rise in [0, 1]
-        weight = 1.0 / inside  # so that every unit adds the same rise inside [0, 1]: a near-linear start
-        k = self.lr_multiplier
-        self.log_a = nn.Parameter(torch.tensor(math.log(2.0) / k))
-        self.log_b = nn.Parameter((slope.log() / k).float())
-        self.d = nn.Parameter((bias / k).float())
-        self.log_c = nn.Parameter(((weight / weight.mean()).log() / k).float())
-        self._armed: list[list] = []
-        self._step_stats: Tensor | None = None  # [ΣL, count] of the current optimizer step (``accumulate``)
-
-    # ---- endpoints: Python floats, or a trained parameter [λ_min, λ_max] read as floats
-    def _set_endpoints(self, logsnr_min: float, logsnr_max: float) -> None:
-        if self.learn_endpoints:
-            self.logsnr_ends = nn.Parameter(torch.tensor([logsnr_min, logsnr_max]))
-        else:
-            self._ends = (logsnr_min, logsnr_max)
-
-    @property
-    def trainable_endpoints(self) -> bool:  # type: ignore[override]
-        """True with ``learn_endpoints``: the module then adds the ELBO's prior and decoder terms (eq. 3.60)."""
-        return self.learn_endpoints
-
-    @property
-    def logsnr_min(self) -> float:  # type: ignore[override]
-        """λ(1) = λ_min as a Python float (the current value when it is trained)."""
-        return float(self.logsnr_ends[0]) if self.learn_endpoints else self._ends[0]
-
-    @property
-    def logsnr_max(self) -> float:  # type: ignore[override]
-        """λ(0) = λ_max as a Python float (the current value when it is trained)."""
-        return float(self.logsnr_ends[1]) if self.learn_endpoints else self._ends[1]
-
-    def endpoints(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(λ_min, λ_max): the trained parameter (with gradient) or the fixed values."""
-        if self.learn_endpoints:
-            ends = self.logsnr_ends.to(like.dtype)
-            return ends[0], ends[1]
-        return super().endpoints(like)
-
-    # ---- the monotone network
-    def _unit_params(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(a, b, c, d): the positive weights exp(k·θ) and the free biases k·θ of γ̃ (App. A.2)."""
-        k = self.lr_multiplier
-        return (torch.exp(k * self.log_a).to(dtype), torch.exp(k * self.log_b).to(dtype),
-                torch.exp(k * self.log_c).to(dtype), (k * self.d).to(dtype))
-
-    def _gamma_tilde(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Unnormalised γ̃(t) and dγ̃/dt of VDM's monotone network, App. A.2 (flat t)."""
-        a, b, c, d = self._unit_params(t.dtype)
-        u = b * (2.0 * t.unsqueeze(-1) - 1.0) + d  # [N, F]
-        sig = torch.sigmoid(u)
-        gamma = a * t + (c * (2.0 * sig - 1.0)).mean(-1)
-        dgamma = a + (c * b * 4.0 * sig * (1.0 - sig)).mean(-1)
-        return gamma, dgamma
-
-    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Normalised shape s(t) = (γ̃(t) - γ̃(0))/(γ̃(1) - γ̃(0)) ∈ [0, 1] and ds/dt, VDM eq. (59)."""
-        flat = t.reshape(-1)
-        ends = torch.tensor([0.0, 1.0], dtype=flat.dtype, device=flat.device)
-        gamma, dgamma = self._gamma_tilde(torch.cat([flat, ends]))
-        scale = gamma[-1] - gamma[-2]
-        s = ((gamma[:-2] - gamma[-2]) / scale).clamp(0.0, 1.0)
-        ds = dgamma[:-2] / scale
-        if torch.is_grad_enabled() and self.log_a.requires_grad:
-            holder: list = [None, s.numel()]  # [factor, number of examples], filled by ``update``
-            self._armed.append(holder)
-            del self._armed[:-8]  # forwards never followed by ``update`` (plots, evaluation) are forgotten
-            s, ds = _VarianceGradient.apply(holder, s, ds)
-        return s.reshape(t.shape), ds.reshape(t.shape)
-
-    def forward(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(λ(t), dλ/dt) with λ = λ_max·(1 - s) + λ_min·s, exact at s = 0 and s = 1, VDM eq. (59)."""
-        s, ds = self.shape(t)
-        logsnr_min, logsnr_max = self.endpoints(s)
-        return logsnr_max * (1.0 - s) + logsnr_min * s, -(logsnr_max - logsnr_min) * ds
-
-    def logsnr(self, t: Tensor) -> Tensor:
-        """λ(t) = λ_max - (λ_max - λ_min)·s(t), VDM eq. (59)."""
-        return self.forward(t)[0]
-
-    def dlogsnr_dt(self, t: Tensor) -> Tensor:
-        """dλ/dt = -(λ_max - λ_min)·ds/dt < 0."""
-        return self.forward(t)[1]
-
-    @torch.no_grad()
-    def t_of(self, logsnr: Tensor, table: int = 256, iterations: int = 12) -> Tensor:
-        """t(λ) for the monotone s(t): a vectorised bisection bracket from a table of s, then safeguarded Newton.
-
-        Each step takes the Newton point t - (s(t) - s*)/s'(t) when it falls inside the current bracket and the
-        bisection midpoint otherwise, after shrinking the bracket: it converges whatever η is, quadratically once
-        close (12 steps reach float64 precision from a bracket of width 1/256). No gradient flows through it.
-        """
-        target = ((self.logsnr_max - logsnr) / (self.logsnr_max - self.logsnr_min)).clamp(0.0, 1.0)
-        grid = torch.linspace(0.0, 1.0, table + 1, dtype=target.dtype, device=target.device)
-        k = torch.searchsorted(self.shape(grid)[0].contiguous(), target.reshape(-1).contiguous()).clamp(1, table)
-        lo, hi = grid[k - 1].reshape(target.shape), grid[k].reshape(target.shape)
-        t = 0.5 * (lo + hi)
-        for _ in range(iterations):
-            s, ds = self.shape(t)
-            below = s < target
-            lo, hi = torch.where(below, t, lo), torch.where(below, hi, t)
-            newton = t - (s - target) / ds
-            slack = 1e-3 * (hi - lo)  # a Newton point rounded just past the bracket is clamped, not bisected
-            inside = (newton >= lo - slack) & (newton <= hi + slack)
-            t = torch.where(inside, torch.minimum(torch.maximum(newton, lo), hi), 0.5 * (lo + hi))
-        return t
-
-    def _arm(self, factor: Tensor) -> None:
-        """Give the pending forwards of this batch's size the per-example gradient factor (others keep factor 1)."""
-        armed, self._armed = self._armed, []
-        for holder in armed:
-            if holder[1] == factor.numel():  # forwards of another size (plots, d/dt) keep factor 1
-                holder[0] = factor
-
-    @staticmethod
-    def _loss_total(loss: Tensor) -> Tensor:
-        """[ΣL, number of examples] over all DDP ranks (a fill, not a host-to-device copy, for the count)."""
-        total = loss.sum()
-        return _all_reduce_sum(torch.stack([total, torch.full_like(total, loss.numel())]))
-
-    @torch.no_grad()
-    def update(self, logsnr: Tensor, loss: Tensor) -> None:
-        """Arm the variance gradient: the backward of the pending forwards scales by L_i/L̄ (∇E[L²] = 2E[L∇L])."""
-        loss = loss.detach()
-        total = self._loss_total(loss)
-        mean = total[0] / total[1]
-        # a skipped (non-finite) step keeps factor 1; decided on the device, so no host sync per step
-        self._arm(torch.where(torch.isfinite(mean) & (mean > 0), loss / mean, torch.ones_like(loss)).reshape(-1))
-
-    @torch.no_grad()
-    def accumulate(self, logsnr: Tensor, loss: Tensor) -> None:
-        """Gradient accumulation: arm the pending forwards with the raw L_i and add to the step's ΣL and count;
-        :meth:`apply_accumulated` divides the shape gradients by L̄ of the whole step, so that the k micro-batches
-        give exactly the gradient Σ_i (L_i/L̄)·∂L_i/∂η of one batch k times larger."""
-        loss = loss.detach()
-        total = self._loss_total(loss)
-        self._step_stats = total if self._step_stats is None else self._step_stats + total
-        self._arm(loss.reshape(-1))
-
-    @torch.no_grad()
-    def apply_accumulated(self) -> None:
-        """Divide the shape parameters' accumulated gradients by the step's mean loss L̄ (1 when L̄ is not > 0)."""
-        stats, self._step_stats = self._step_stats, None
-        if stats is None:
-            return
-        mean = stats[0] / stats[1]
-        scale = torch.where(torch.isfinite(mean) & (mean > 0), 1.0 / mean, torch.ones_like(mean))
-        for p in (self.log_a, self.log_b, self.d, self.log_c):
-            if p.grad is not None:
-                p.grad.mul_(scale.to(p.grad.dtype))
-
-    def extra_repr(self) -> str:
-        return (f"logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}, hidden={self.hidden}, "
-                f"learn_endpoints={self.learn_endpoints}, lr_multiplier={self.lr_multiplier}")
-
-
-# ---------------------------------------------------------------------------------------------- adaptive (VDM++)
-class AdaptiveSchedule(Schedule):
-    """VDM++'s adaptive schedule: p(λ) ∝ E[w(λ)‖ε - ε̂‖²], eq. (4.130), piecewise constant over bins.
-
-    [λ_min, λ_max] is cut into ``num_bins`` equal bins; bin k keeps a bias-corrected EMA m_k/n_k of
-    w(λ)‖ε - ε̂‖² over the λ drawn in it, with decay ``ema_decay`` per observation (all-reduced over DDP ranks,
-    so every rank holds the same schedule; saved in checkpoints as buffers). The bin masses are
-    q_k = (1 - ``uniform_mix``)·m̂_k/Σm̂ + ``uniform_mix``/K, so p(λ) = q_k/Δ > 0 everywhere; bins never observed
-    take the mean of the observed ones (uniform before any update). λ(t) inverts the CDF: t = 1 - F(λ), so
-    t ~ U(0, 1) gives λ ~ p and the loss weight is w(λ)/p(λ) = -w·dλ/dt as for every schedule.
-
-    ``update(logsnr, loss)`` recovers w‖ε - ε̂‖² = 2·L·p(λ) from the per-example loss L = ½·w/p·‖ε - ε̂‖² of
-    the continuous-time objective (eq. 4.123) under the density that drew λ (the current one).
-    """
-
-    def __init__(self, logsnr_min: float = -5.0, logsnr_max: float = 10.0, num_bins: int = 100,
-                 ema_decay: float = 0.99, uniform_mix: float = 0.05):
-        super().__init__(logsnr_min, logsnr_max)
-        if int(num_bins) < 1 or not 0.0 <= ema_decay < 1.0 or not 0.0 < uniform_mix <= 1.0:
-            raise ValueError(
-                f"schedule.num_bins must be >= 1, schedule.ema_decay in [0, 1) and schedule.uniform_mix in (0, 1], "
-                f"got num_bins={num_bins}, ema_decay={ema_decay}, uniform_mix={uniform_mix}"
-            )
-        self.num_bins, self.ema_decay, self.uniform_mix = int(num_bins), float(ema_decay), float(uniform_mix)
-        self.register_buffer("ema_sum", torch.zeros(self.num_bins, dtype=torch.float64))
-        self.register_buffer("ema_weight", torch.zeros(self.num_bins, dtype=torch.float64))
-
-    def _dtype(self) -> torch.dtype:
-        """float64 for the CDF tables (exact endpoints), except on MPS, which has none."""
-        return torch.float32 if self.ema_sum.device.type == "mps" else torch.float64
-
-    def bin_masses(self) -> Tensor:
-        """q_k ∝ (1 - u)·EMA of w‖ε - ε̂‖² in bin k + u/K, eq. (4.130) mixed with uniform; sums to one."""
-        seen = self.ema_weight > 0
-        est = torch.where(seen, self.ema_sum / self.ema_weight.clamp_min(1e-300), 0.0).clamp_min(0.0).to(self._dtype())
-        est = torch.where(seen, est, est.sum() / seen.sum().clamp_min(1))  # unseen bins: the mean of the seen ones
-        est = torch.where(est.sum() > 0, est, torch.ones_like(est))  # nothing seen yet: uniform
-        q = (1.0 - self.uniform_mix) * est / est.sum() + self.uniform_mix / self.num_bins
-        return q / q.sum()
-
-    def _tables(self) -> tuple[Tensor, Tensor, float]:
-        """(q [K], cumulative masses C [K+1] with C_0 = 0 and C_K = 1, bin width Δ)."""
-        q = self.bin_masses()
-        cdf = torch.cat([q.new_zeros(1), torch.cumsum(q, 0)])
-        return q, cdf / cdf[-1], (self.logsnr_max - self.logsnr_min) / self.num_bins
-
-    def _bin(self, logsnr: Tensor, width: float) -> Tensor:
-        """Index of the bin that holds each λ (clamped to the range)."""
-        return ((logsnr - self.logsnr_min) / width).floor().long().clamp(0, self.num_bins - 1)
-
-    def forward(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(λ(t), dλ/dt): λ = F⁻¹(1 - t) by inverting the piecewise-linear CDF, dλ/dt = -1/p(λ), eq. (4.130)."""
-        q, cdf, width = self._tables()
-        v = (1.0 - t.to(q.dtype)).clamp(0.0, 1.0)  # differentiable in t: dλ/dt = -Δ/q_k (plots use it)
-        k = (torch.searchsorted(cdf, v, right=True) - 1).clamp(0, self.num_bins - 1)
-        logsnr = self.logsnr_min + width * (k + (v - cdf[k]) / q[k])
-        logsnr = logsnr.clamp(self.logsnr_min, self.logsnr_max)
-        return logsnr.to(t.dtype), (-width / q[k]).to(t.dtype)
-
-    def logsnr(self, t: Tensor) -> Tensor:
-        """λ(t) = F⁻¹(1 - t) for the piecewise-constant p(λ) of eq. (4.130)."""
-        return self.forward(t)[0]
-
-    def dlogsnr_dt(self, t: Tensor) -> Tensor:
-        """dλ/dt = -1/p(λ(t)) = -Δ/q_k, eq. (4.102)."""
-        return self.forward(t)[1]
-
-    def t_of(self, logsnr: Tensor) -> Tensor:
-        """t(λ) = 1 - F(λ) with F the piecewise-linear CDF of p(λ), eqs. (4.100, 4.130)."""
-        q, cdf, width = self._tables()
-        lam = logsnr.to(q.dtype).clamp(self.logsnr_min, self.logsnr_max)
-        k = self._bin(lam, width)
-        frac = (lam - self.logsnr_min) / width - k
-        return (1.0 - (cdf[k] + q[k] * frac)).clamp(0.0, 1.0).to(logsnr.dtype)
-
-    def density(self, logsnr: Tensor) -> Tensor:
-        """p(λ) = q_k/Δ in bin k, zero outside [λ_min, λ_max], eqs. (4.102, 4.130)."""
-        q, _, width = self._tables()
-        inside = (logsnr >= self.logsnr_min) & (logsnr <= self.logsnr_max)
-        p = (q[self._bin(logsnr.to(q.dtype), width)] / width).to(logsnr.dtype)
-        return torch.where(inside, p, torch.zeros_like(p))
-
-    @torch.no_grad()
-    def update(self, logsnr: Tensor, loss: Tensor) -> None:
-        """EMA per bin of w‖ε - ε̂‖² = 2·L·p(λ), pooled over DDP ranks: the statistic of eq. (4.130)."""
-        dtype = self.ema_sum.dtype
-        lam, loss = logsnr.detach().reshape(-1).to(dtype), loss.detach().reshape(-1).to(dtype)
-        value = 2.0 * loss * self.density(lam)
-        ok = torch.isfinite(value) & (lam >= self.logsnr_min) & (lam <= self.logsnr_max)
-        k = self._bin(lam[ok], (self.logsnr_max - self.logsnr_min) / self.num_bins)
-        stats = torch.stack([
-            torch.zeros_like(self.ema_sum).index_add_(0, k, value[ok]),
-            torch.zeros_like(self.ema_sum).index_add_(0, k, torch.ones_like(value[ok])),
-        ])
-        sums, counts = _all_reduce_sum(stats)
-        keep = torch.pow(torch.full_like(counts, self.ema_decay), counts)  # decay once per observation
-        mean = sums / counts.clamp_min(1.0)
-        self.ema_sum.mul_(keep).add_((1.0 - keep) * mean)
-        self.ema_weight.mul_(keep).add_(1.0 - keep)
-
-    def extra_repr(self) -> str:
-        return (f"logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}, num_bins={self.num_bins}, "
-                f"ema_decay={self.ema_decay}, uniform_mix={self.uniform_mix}")

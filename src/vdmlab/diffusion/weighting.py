@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from vdmlab.checks import check_float, check_positive
 from vdmlab.diffusion.schedules import Schedule
 
 
@@ -49,9 +50,7 @@ class SigmoidWeighting(Weighting):
     name = "sigmoid"
 
     def __init__(self, bias: float = 2.0):
-        if not math.isfinite(bias):
-            raise ValueError(f"weighting.bias must be a finite number, got {bias}")
-        self.bias = float(bias)
+        self.bias = check_float("bias", bias)
 
     def weight(self, logsnr: Tensor, p_logsnr: Tensor | None) -> Tensor:
         """w(λ) = sigmoid(b - λ) (VDM++ §4.7)."""
@@ -85,7 +84,8 @@ class EDMWeighting(Weighting):
     monotonic = False
 
     def __init__(self, mean: float = 2.4, std: float = 2.4, sigma_data: float = 0.5):
-        self.mean, self.std, self.sigma_data = float(mean), float(std), float(sigma_data)
+        self.mean, self.std = check_float("mean", mean), check_positive("std", std)
+        self.sigma_data = check_positive("sigma_data", sigma_data)
 
     def weight(self, logsnr: Tensor, p_logsnr: Tensor | None) -> Tensor:
         """w(λ) = N(λ; 2.4, 2.4²)(e^{-λ} + σ_d²)/σ_d², evaluated in log space."""
@@ -134,9 +134,7 @@ class MinSNRWeighting(Weighting):
     monotonic = False
 
     def __init__(self, gamma: float = 5.0):
-        if not (gamma > 0 and math.isfinite(gamma)):
-            raise ValueError(f"weighting.gamma must be a positive finite number, got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = check_positive("gamma", gamma)
 
     def weight(self, logsnr: Tensor, p_logsnr: Tensor | None) -> Tensor:
         """w(λ) = p(λ)·min(1, γ/SNR) (Hang et al. 2023) in the form of eq. (4.95)."""

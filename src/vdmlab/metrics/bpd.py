@@ -1,4 +1,5 @@
-"""Bits/dim as a torchmetric, exact under DDP, and a dataloader loop that evaluates the ELBO in bits/dim.
+"""Bits/dim as a torchmetric, exact under DDP; the one evaluation step (``update_bpd``, shared by training's
+val/test and ``python eval.py``) and a dataloader loop over it (``evaluate_bpd``).
 
 The metric knows nothing about the model: the caller computes ``negative_elbo(...).total`` (nats per example,
 ``[B]``) and passes it to :meth:`BitsPerDim.update`; bits/dim = nats / (D · ln 2) is applied in ``compute``.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from vdmlab.data.base import UniqueIndexDataset, split_index_batch  # noqa: F401 - re-exported
-from vdmlab.diffusion.likelihood import negative_elbo
+from vdmlab.diffusion.likelihood import ELBOTerms, negative_elbo
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.schedules import Schedule
 
@@ -140,7 +141,42 @@ class BitsPerDim(Metric):
         return self.stats()["bpd_se"]
 
 
+#: the logged bits/dim terms: the total negative ELBO and its three terms (eq. 3.60)
+BPD_TERMS = ("bpd", "bpd_diffusion", "bpd_prior", "bpd_reconstruction")
 TERMS = ("diffusion", "prior", "reconstruction")
+
+
+def update_bpd(
+    metrics: Mapping[str, BitsPerDim],
+    x: Tensor,
+    *,
+    net: nn.Module,
+    schedule: Schedule,
+    parameterization: Parameterization,
+    num_levels: int,
+    num_samples: int,
+    timesteps: int | None,
+    generator: torch.Generator | None = None,
+    index: Tensor | None = None,
+    example_ids: Tensor | None = None,
+    seed: int = 0,
+) -> ELBOTerms:
+    """One batch of the bits/dim evaluation, the one used by training (val/test) and ``python eval.py``.
+
+    The negative ELBO per example (``negative_elbo``, eq. 3.60) is added to ``metrics[term]`` for every term of
+    ``BPD_TERMS``; ``index`` puts the metrics in their DDP-exact index mode, ``example_ids`` (with ``seed``)
+    draws the noise per example instead of from ``generator``. Returns the terms in nats.
+    """
+    terms = negative_elbo(
+        x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
+        num_samples=num_samples, timesteps=timesteps, generator=generator, example_ids=example_ids, seed=seed,
+    )
+    data_dim = x[0].numel()
+    for term, nats in zip(BPD_TERMS, (terms.total, terms.diffusion, terms.prior, terms.reconstruction)):
+        metric = metrics[term]
+        metric.update(nats.to(metric.device), index=None if index is None else index.to(metric.device),
+                      data_dim=data_dim)
+    return terms
 
 
 def evaluate_bpd(
@@ -173,7 +209,7 @@ def evaluate_bpd(
         schedule.to(device)
     else:
         device = next(iter(net.parameters()), torch.empty(0)).device
-    metrics = {name: BitsPerDim() for name in ("bpd", *TERMS)}
+    metrics = {term: BitsPerDim() for term in BPD_TERMS}
     was_training = net.training
     net.eval()
     start = time.perf_counter()
@@ -181,21 +217,14 @@ def evaluate_bpd(
         with torch.no_grad():
             for batch in dataloader:
                 index, x = split_index_batch(batch)
-                x = x.to(device)
                 per_example = seed is not None and index is not None
-                terms = negative_elbo(
-                    x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
-                    num_samples=num_samples, timesteps=timesteps, generator=generator,
-                    example_ids=index if per_example else None, seed=seed or 0,
-                )
-                data_dim = x[0].numel()
-                metrics["bpd"].update(terms.total.cpu(), data_dim=data_dim)
-                for name in TERMS:
-                    metrics[name].update(getattr(terms, name).cpu(), data_dim=data_dim)
+                update_bpd(metrics, x.to(device), net=net, schedule=schedule, parameterization=parameterization,
+                           num_levels=num_levels, num_samples=num_samples, timesteps=timesteps, generator=generator,
+                           example_ids=index if per_example else None, seed=seed or 0)
     finally:
         net.train(was_training)
     total = metrics["bpd"].stats()
     result = {"bpd": float(total["bpd"]), "bpd_se": float(total["bpd_se"])}
-    result.update({name: float(metrics[name].compute()) for name in TERMS})
+    result.update({name: float(metrics[f"bpd_{name}"].compute()) for name in TERMS})
     result.update(n=int(total["n"]), seconds=time.perf_counter() - start)
     return result

@@ -24,13 +24,14 @@ generate ``len(shard_indices(n_fake))`` samples per rank, so that the ranks toge
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from vdmlab.distributed import rank_and_world
 from vdmlab.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -173,10 +174,18 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     Defaults to the current torch.distributed rank and world size (0 and 1 when not distributed).
     """
     if rank is None or world_size is None:
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank = torch.distributed.get_rank() if dist else 0
-        world_size = torch.distributed.get_world_size() if dist else 1
+        rank, world_size = rank_and_world()
     return range(rank, n, world_size)
+
+
+def sample_fid(metric: FIDMetric, sample: Callable[[int], Tensor], num_samples: int, batch_size: int) -> dict[str, float]:
+    """Feed this rank's share of ``num_samples`` fresh samples (``sample(n)`` → n images in [-1, 1]) to ``metric``
+    in batches of at most ``batch_size`` and compute FID against its real statistics (collective under DDP)."""
+    metric.reset()  # keeps the real statistics when the metric was built with reset_real_features=False
+    share = len(shard_indices(num_samples))
+    for start in range(0, share, batch_size):
+        metric.update(sample(min(batch_size, share - start)), real=False)
+    return metric.compute_dict()
 
 
 class FIDMetric(FrechetInceptionDistance):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vdmlab.checks import check_float, check_int, check_positive
 from vdmlab.models.embeddings import (
     LogSNREmbedding,
     broadcast_logsnr,
@@ -68,8 +69,11 @@ class MLP(nn.Module):
         super().__init__()
         if data_shape is not None:  # the datamodule's per-example shape; examples are flattened
             data_dim = math.prod(int(d) for d in data_shape)
-        if hidden < 1 or depth < 0:
-            raise ValueError(f"model.hidden must be >= 1 and model.depth >= 0, got {hidden} and {depth}")
+        hidden, depth, emb_dim = check_int("hidden", hidden, 1), check_int("depth", depth, 0), check_int("emb_dim", emb_dim, 1)
+        fourier_min_exp = check_int("fourier_min_exp", fourier_min_exp, optional=True)
+        fourier_max_exp = check_int("fourier_max_exp", fourier_max_exp, optional=True)
+        dropout = check_float("dropout", dropout, minimum=0.0, maximum=1.0, open_max=True)
+        max_logsnr = check_positive("max_logsnr", max_logsnr)
         self.data_dim = data_dim
         self.fourier_min_exp, self.fourier_max_exp = fourier_min_exp, fourier_max_exp
         in_dim = data_dim + num_fourier_channels(data_dim, fourier_min_exp, fourier_max_exp)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vdmlab.checks import check_float, check_int, check_int_list, check_positive
 from vdmlab.models.embeddings import (
     LogSNREmbedding,
     broadcast_logsnr,
@@ -163,10 +164,15 @@ class UNet(nn.Module):
         super().__init__()
         if data_shape is not None:
             in_channels, image_size = _image_shape(data_shape)
-        if width < 1 or num_res_blocks < 0:
-            raise ValueError(f"model.width must be >= 1 and model.num_res_blocks >= 0, got {width} and {num_res_blocks}")
-        channel_mults = tuple(int(m) for m in channel_mults)
-        attention_resolutions = tuple(int(r) for r in attention_resolutions)
+        width, num_res_blocks = check_int("width", width, 1), check_int("num_res_blocks", num_res_blocks, 0)
+        channel_mults = check_int_list("channel_mults", channel_mults, 1)
+        attention_resolutions = check_int_list("attention_resolutions", attention_resolutions, 1)
+        dropout = check_float("dropout", dropout, minimum=0.0, maximum=1.0, open_max=True)
+        groups, num_heads = check_int("groups", groups, 1), check_int("num_heads", num_heads, 1)
+        emb_dim = check_int("emb_dim", emb_dim, 1, optional=True)
+        fourier_min_exp = check_int("fourier_min_exp", fourier_min_exp, optional=True)
+        fourier_max_exp = check_int("fourier_max_exp", fourier_max_exp, optional=True)
+        max_logsnr = check_positive("max_logsnr", max_logsnr)
         levels = len(channel_mults)
         if levels < 1:
             raise ValueError("channel_mults must have at least one entry")

@@ -1,0 +1,110 @@
+"""Sample metrics beyond FID, from the same features as FID: KID, improved precision/recall, class histogram.
+
+- KID (Bińkowski et al. 2018): the unbiased MMD² with the cubic polynomial kernel k(a, b) = (aᵀb/d + 1)³.
+  Both feature sets are split into disjoint random blocks; KID is the mean of the per-block unbiased
+  estimates and its standard error is their spread / √blocks (independent blocks, an honest s.e.).
+- Improved precision and recall (Kynkäänniemi et al. 2019): each point's k-NN radius within its own set
+  (k = 3) defines a ball; precision is the fraction of generated points inside some real ball, recall the
+  fraction of real points inside some generated ball.
+- On the digits, the shipped classifier's class histogram of the samples (mode coverage: a missing digit
+  shows as a zero count). The classifier's head acts on the FID features (its penultimate layer).
+
+:class:`RecordingExtractor` wraps an FID extractor so that the features FIDMetric computes are kept (no
+second pass over the samples).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RecordingExtractor(nn.Module):
+    """An FID feature extractor that also keeps every feature batch it returns (``take()`` hands them over)."""
+
+    def __init__(self, extractor: nn.Module):
+        super().__init__()
+        self.extractor = extractor
+        self.num_features = extractor.num_features
+        self.recorded: list[Tensor] = []
+
+    def train(self, mode: bool = True) -> RecordingExtractor:
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.extractor(x)
+        self.recorded.append(features.detach().double().cpu())
+        return features
+
+    def take(self) -> Tensor:
+        """The features recorded since the last ``take()``, ``[N, F]`` float64, and forget them."""
+        features = torch.cat(self.recorded) if self.recorded else torch.empty(0, self.num_features, dtype=torch.float64)
+        self.recorded = []
+        return features
+
+
+def polynomial_kernel(a: Tensor, b: Tensor) -> Tensor:
+    """k(a, b) = (aᵀb/d + 1)³, the KID kernel, for rows of a ``[n, d]`` and b ``[m, d]``."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(real: Tensor, fake: Tensor) -> Tensor:
+    """Unbiased MMD² = mean_{i≠j} k(r_i, r_j) + mean_{i≠j} k(f_i, f_j) - 2 mean_{i,j} k(r_i, f_j)."""
+    n, m = real.shape[0], fake.shape[0]
+    k_rr, k_ff, k_rf = polynomial_kernel(real, real), polynomial_kernel(fake, fake), polynomial_kernel(real, fake)
+    return ((k_rr.sum() - k_rr.diagonal().sum()) / (n * (n - 1)) + (k_ff.sum() - k_ff.diagonal().sum()) / (m * (m - 1))
+            - 2.0 * k_rf.mean())
+
+
+def kid(real: Tensor, fake: Tensor, num_blocks: int = 10, seed: int = 0) -> dict[str, float]:
+    """``{"kid", "kid_se"}``: mean and standard error of the unbiased MMD² over disjoint random blocks."""
+    num_blocks = int(num_blocks)
+    size_r, size_f = real.shape[0] // num_blocks, fake.shape[0] // num_blocks
+    if num_blocks < 2 or min(size_r, size_f) < 2:
+        raise ValueError(f"KID needs >= 2 blocks of >= 2 features each: got {real.shape[0]} real and {fake.shape[0]} "
+                         f"generated for {num_blocks} blocks; lower kid.num_blocks or raise fid.num_samples")
+    g = torch.Generator().manual_seed(seed)
+    perm_r, perm_f = torch.randperm(real.shape[0], generator=g), torch.randperm(fake.shape[0], generator=g)
+    real, fake = real.double(), fake.double()
+    values = torch.stack([mmd2_unbiased(real[perm_r[b * size_r:(b + 1) * size_r]], fake[perm_f[b * size_f:(b + 1) * size_f]])
+                          for b in range(num_blocks)])
+    return {"kid": float(values.mean()), "kid_se": float(values.std() / num_blocks**0.5)}
+
+
+def knn_radii(features: Tensor, k: int) -> Tensor:
+    """Distance from each row to its k-th nearest other row, ``[n]``."""
+    dist = torch.cdist(features, features)
+    return dist.kthvalue(k + 1, dim=1).values  # the 1st smallest is the point itself (distance 0)
+
+
+def coverage_fraction(points: Tensor, centres: Tensor, radii: Tensor) -> float:
+    """Fraction of ``points`` inside at least one ball (centre_j, radius_j)."""
+    return float((torch.cdist(points, centres) <= radii[None, :]).any(1).double().mean())
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall with k-NN balls (Kynkäänniemi et al. 2019): ``{"precision", "recall"}``."""
+    real, fake = real.double(), fake.double()
+    return {"precision": coverage_fraction(fake, real, knn_radii(real, k)),
+            "recall": coverage_fraction(real, fake, knn_radii(fake, k))}
+
+
+def class_histogram(logits: Tensor, num_classes: int) -> dict[str, int]:
+    """Counts of the argmax classes ``{"class_0": n_0, …, "classes_missing": number of classes never predicted}``."""
+    counts = torch.bincount(logits.argmax(1), minlength=num_classes)
+    result = {f"class_{c}": int(n) for c, n in enumerate(counts.tolist())}
+    result["classes_missing"] = int((counts == 0).sum())
+    return result
+
+
+def sample_metrics(real: Tensor, fake: Tensor, extractor: nn.Module, k: int = 3, kid_blocks: int = 10,
+                   seed: int = 0) -> dict[str, float]:
+    """KID (with s.e.), precision/recall and, for the digits classifier's features, the class histogram of ``fake``."""
+    result = {**kid(real, fake, kid_blocks, seed), **precision_recall(real, fake, k)}
+    classifier = getattr(extractor, "classifier", None)
+    if classifier is not None and hasattr(classifier, "head"):
+        with torch.no_grad():
+            head = classifier.head
+            logits = head(fake.to(dtype=head.weight.dtype, device=head.weight.device))
+        result.update(class_histogram(logits, head.out_features))
+    return result

@@ -1,0 +1,20 @@
+"""The offsets that split one run's ``seed`` into independent random streams.
+
+Every stream is ``seed`` plus multiples of these numbers (primes, so that the streams of different ranks, batches
+and steps do not collide for any realistic count); changing one changes the numbers a run reports.
+"""
+
+#: training noise (t and ε): ``seed + TRAIN_RANK_STRIDE·rank``, so DDP ranks draw different noise
+TRAIN_RANK_STRIDE = 1_000_003
+#: logging-only train/bpd prior and decoder terms: ``seed + LOG_STEP_STRIDE·(step + 1)``, apart from the training noise
+LOG_STEP_STRIDE = 2_000_029
+#: evaluation noise of the test split, offset from the validation split's (which uses ``seed`` itself)
+TEST_OFFSET = 7_919
+#: evaluation noise per batch (generator mode): ``+ EVAL_BATCH_STRIDE·batch_idx``
+EVAL_BATCH_STRIDE = 104_729
+#: evaluation noise per DDP rank (generator mode): ``+ EVAL_RANK_STRIDE·rank``
+EVAL_RANK_STRIDE = 15_485_863
+# (per-example evaluation noise needs no offset: the counter-based generator keys each stream by (seed, draw)
+#  and counts examples by their dataset index, vdmlab.diffusion.noise)
+#: FID samples: ``seed + FID_RANK_STRIDE·rank + 1``, each rank its own share of the samples
+FID_RANK_STRIDE = 31

@@ -1,0 +1,68 @@
+"""KID, improved precision/recall and the digits class histogram (sample metrics from the FID features)."""
+
+import torch
+
+from vdmlab.data import DigitsDataModule
+from vdmlab.metrics.fid import DigitsFeatures, FIDMetric
+from vdmlab.metrics.sample_metrics import (
+    RecordingExtractor,
+    class_histogram,
+    kid,
+    mmd2_unbiased,
+    precision_recall,
+    sample_metrics,
+)
+
+
+def gaussian(n, shift=0.0, seed=0, dim=8):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + shift
+
+
+def test_kid_of_two_draws_of_one_distribution_is_zero_within_its_standard_error():
+    result = kid(gaussian(1000, seed=0), gaussian(1000, seed=1), num_blocks=10)
+    assert abs(result["kid"]) < 3 * result["kid_se"]
+    shifted = kid(gaussian(1000, seed=0), gaussian(1000, 0.5, seed=1), num_blocks=10)
+    assert shifted["kid"] > 5 * shifted["kid_se"] > 0
+
+
+def test_unbiased_mmd_is_symmetric_and_grows_with_the_shift():
+    a, b = gaussian(200, seed=0), gaussian(200, 0.3, seed=1)
+    torch.testing.assert_close(mmd2_unbiased(a, b), mmd2_unbiased(b, a))
+    assert mmd2_unbiased(a, gaussian(200, 1.0, seed=1)) > mmd2_unbiased(a, b) > 0
+
+
+def test_precision_and_recall_are_one_for_identical_sets_and_fall_when_shifted():
+    real = gaussian(500)
+    assert precision_recall(real, real.clone()) == {"precision": 1.0, "recall": 1.0}
+    near, far = precision_recall(real, gaussian(500, 1.0, seed=1)), precision_recall(real, gaussian(500, 3.0, seed=1))
+    assert far["precision"] < near["precision"] < 1.0 and far["recall"] < near["recall"] < 1.0
+    # a generator that covers only part of the data keeps its precision but loses recall
+    half = real[real[:, 0] > 0]
+    partial = precision_recall(real, half)
+    assert partial["precision"] == 1.0 and partial["recall"] < 0.8
+
+
+def test_class_histogram_sums_to_n_and_flags_missing_classes():
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 0, 3, 9, 3]), 10).double()
+    result = class_histogram(logits, 10)
+    assert sum(result[f"class_{c}"] for c in range(10)) == 5
+    assert result["class_0"] == 2 and result["class_3"] == 2 and result["classes_missing"] == 7
+
+
+def test_recorded_digits_features_give_fid_and_the_histogram_of_real_digits():
+    data = DigitsDataModule(batch_size=128, eval_batch_size=180, num_workers=0)
+    data.setup()
+    x = torch.stack([data.test_set[i] for i in range(len(data.test_set))])
+    half = len(x) // 2
+    recorder = RecordingExtractor(DigitsFeatures())
+    metric = FIDMetric(recorder)
+    metric.update(x[:half], real=True)
+    real = recorder.take()
+    metric.update(x[half:], real=False)
+    fake = recorder.take()
+    assert real.shape == (half, 64) and fake.shape == (len(x) - half, 64) and recorder.take().numel() == 0
+    result = sample_metrics(real, fake, recorder.extractor, kid_blocks=5)
+    assert sum(result[f"class_{c}"] for c in range(10)) == len(x) - half
+    assert result["classes_missing"] == 0  # held-out real digits contain every class
+    assert abs(result["kid"]) < 4 * result["kid_se"] + 1e-3  # two halves of one split
+    assert float(metric.compute()) >= 0
