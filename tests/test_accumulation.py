@@ -9,7 +9,7 @@ import torch
 
 from vdmlab.data import DigitsDataModule
 from vdmlab.diffusion.parameterization import EpsParameterization
-from vdmlab.diffusion.schedules import AdaptiveSchedule, LearnedSchedule
+from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
 from vdmlab.diffusion.weighting import ELBOWeighting
 from vdmlab.models import UNet
 from vdmlab.module import DiffusionModule
@@ -38,7 +38,7 @@ def train(schedule, batch_size, k):
     trainer = L.Trainer(max_steps=STEPS, accumulate_grad_batches=k, gradient_clip_val=1.0, logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                         deterministic=True, limit_val_batches=0, use_distributed_sampler=False, callbacks=[record])
-    trainer.fit(module, datamodule=DigitsDataModule(batch_size=batch_size))
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=batch_size, eval_batch_size=None, num_workers=0))
     assert trainer.global_step == STEPS and int(module.ema.num_updates) == STEPS  # the EMA per optimizer step
     return module, record
 
@@ -63,7 +63,7 @@ def test_two_micro_batches_of_half_the_batch_train_like_the_whole_batch(make_sch
 
 
 def test_micro_batches_take_consecutive_strata_of_one_stratified_set():
-    module = DiffusionModule(UNet(width=16, num_res_blocks=1, data_shape=(1, 8, 8)), LearnedSchedule(hidden=4),
+    module = DiffusionModule(UNet(width=16, num_res_blocks=1, data_shape=(1, 8, 8)), LearnedSchedule(-5.0, 10.0, hidden=4, lr_multiplier=1.0),
                              ELBOWeighting(), EpsParameterization(), 17, (1, 8, 8))
     module._accumulation = lambda: 4
     times = torch.cat([module._train_times(8, j, torch.device("cpu")) for j in range(4)])

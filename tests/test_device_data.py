@@ -32,9 +32,9 @@ def assert_same_batches(a, b):
             assert x.dtype == y.dtype == torch.float32 and torch.equal(x, y)
 
 
-@pytest.mark.parametrize("make", [partial(DigitsDataModule, batch_size=64, eval_batch_size=50),
+@pytest.mark.parametrize("make", [partial(DigitsDataModule, batch_size=64, eval_batch_size=50, num_workers=0),
                                   partial(Toy2DDataModule, n_train=1000, n_val=70, n_test=70, batch_size=96,
-                                          eval_batch_size=32)], ids=["digits", "toy2d"])
+                                          eval_batch_size=32, num_workers=0)], ids=["digits", "toy2d"])
 def test_device_batches_equal_the_dataloaders_over_two_epochs_and_a_mid_epoch_resume(make):
     device, loader = make(on_device="true"), make(on_device="false")
     for epoch in (0, 1):
@@ -56,8 +56,8 @@ def test_device_batches_equal_the_dataloaders_over_two_epochs_and_a_mid_epoch_re
 def test_ddp_ranks_get_the_dataloaders_shards_and_together_every_example(split, monkeypatch):
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(base, "_rank_and_world", lambda rank=rank: (rank, 2))
-        device, loader = (DigitsDataModule(batch_size=32, eval_batch_size=7, on_device=m) for m in ("true", "false"))
+        monkeypatch.setattr(base, "rank_and_world", lambda rank=rank: (rank, 2))
+        device, loader = (DigitsDataModule(batch_size=32, eval_batch_size=7, num_workers=0, on_device=m) for m in ("true", "false"))
         batches = epoch_batches(device, 3, split)[1]
         assert_same_batches(batches, epoch_batches(loader, 3, split)[1])
         if split == "val":
@@ -94,7 +94,7 @@ def test_a_real_fit_trains_identically_on_both_paths_across_an_epoch_boundary():
         trainer = L.Trainer(max_steps=23, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                             enable_model_summary=False, deterministic=True, callbacks=[record],
                             use_distributed_sampler=False, limit_val_batches=0)
-        datamodule = DigitsDataModule(batch_size=64, on_device=mode)
+        datamodule = DigitsDataModule(batch_size=64, eval_batch_size=None, num_workers=0, on_device=mode)
         trainer.fit(module, datamodule=datamodule)
         assert trainer.global_step == len(record.batches) == 23  # 22 steps per epoch: one step into epoch 1
         results[mode] = (record.batches, module.state_dict(), datamodule.on_device_reasons["train"])
@@ -110,7 +110,7 @@ class Files(torch.utils.data.Dataset):
 
 
 def test_auto_holds_level_splits_and_names_why_other_datasets_are_not():
-    digits = DigitsDataModule()
+    digits = DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0)
     digits.setup()
     held, reason = choose_on_device("auto", digits.train_set, torch.device("cpu"), "train")
     assert held and reason == ("dataset.on_device=auto: holding the 1437x1x8x8 uint8 train split (92 KB) on cpu "
@@ -119,5 +119,5 @@ def test_auto_holds_level_splits_and_names_why_other_datasets_are_not():
     assert not held and "Files, not a LevelDataset" in reason and "DataLoader" in reason
     with pytest.raises(ValueError, match="dataset.on_device=true needs in-memory integer levels.*Files"):
         choose_on_device("true", Files(), torch.device("cpu"), "train")
-    with pytest.raises(ValueError, match="dataset.on_device='yes' is not one of auto, true, false"):
-        DigitsDataModule(on_device="yes")
+    with pytest.raises(ValueError, match="on_device='yes' is invalid: it must be one of auto, true, false"):
+        DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0, on_device="yes")

@@ -11,7 +11,8 @@ import torch
 
 from vdmlab.data import DigitsDataModule
 from vdmlab.diffusion.parameterization import EpsParameterization
-from vdmlab.diffusion.schedules import AdaptiveSchedule, LearnedSchedule, LinearSchedule
+from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
+from vdmlab.diffusion.schedules import LinearSchedule
 from vdmlab.diffusion.weighting import ELBOWeighting
 from vdmlab.models import UNet
 from vdmlab.module import DiffusionModule
@@ -41,7 +42,8 @@ class SyncsPerStep(L.Callback):
         self.steps.append((pl_module._logged_step, list(self.calls)))
 
 
-@pytest.mark.parametrize("schedule", [None, partial(LearnedSchedule, hidden=8), partial(AdaptiveSchedule, num_bins=10)],
+@pytest.mark.parametrize("schedule", [None, partial(LearnedSchedule, -5.0, 10.0, hidden=8, lr_multiplier=1.0),
+                                      partial(AdaptiveSchedule, -5.0, 10.0, num_bins=10)],
                          ids=["linear", "learned", "adaptive"])
 def test_steps_that_do_not_log_make_one_host_sync_the_nonfinite_check(schedule, monkeypatch):
     calls = []
@@ -67,7 +69,7 @@ def test_steps_that_do_not_log_make_one_host_sync_the_nonfinite_check(schedule, 
     trainer = L.Trainer(max_steps=12, log_every_n_steps=5, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
                         gradient_clip_val=1.0, use_distributed_sampler=False, callbacks=[record])
-    trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=64, eval_batch_size=None, num_workers=0))
     quiet = [c for logged, c in record.steps[1:] if not logged]  # the first step may read the EMA counter once
     assert len(quiet) >= 8
     for step_calls in quiet:
@@ -87,7 +89,7 @@ def test_bf16_mixed_trains_and_evaluates_with_float32_losses():
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=1,
                         val_check_interval=3, inference_mode=False, use_distributed_sampler=False,
                         callbacks=[LossDtype()])
-    datamodule = DigitsDataModule(batch_size=64)
+    datamodule = DigitsDataModule(batch_size=64, eval_batch_size=None, num_workers=0)
     trainer.fit(module, datamodule=datamodule)
     assert dtypes == [torch.float32] * 3
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the net runs in bf16; the ELBO terms come out in float32

@@ -62,7 +62,7 @@ def test_the_noise_is_the_same_on_the_gpu():
 def test_bits_per_dim_of_an_example_does_not_depend_on_the_batch_it_sits_in():
     torch.manual_seed(0)
     net = UNet(width=16, num_res_blocks=1, data_shape=(1, 8, 8)).eval()
-    datamodule = DigitsDataModule()
+    datamodule = DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0)
     datamodule.setup()
     x = torch.stack([datamodule.val_set[i] for i in range(180)])
     index = torch.arange(180)
