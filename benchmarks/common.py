@@ -275,7 +275,7 @@ def synthetic_images(batch_size: int, seed: int = 0, shape: tuple[int, ...] = (3
             levels = torch.randint(0, 256, (n + 2 * 500, *self.data_shape), generator=gen, dtype=torch.uint8)
             return tuple(LevelDataset(part, 256) for part in (levels[:n], levels[n:n + 500], levels[n + 500:]))
 
-    return SyntheticImages(256, shape, batch_size=batch_size, eval_batch_size=500, seed=seed)
+    return SyntheticImages(256, shape, batch_size=batch_size, eval_batch_size=500, num_workers=0, seed=seed)
 
 
 def build_python(parameterization: str = "eps", batch_size: int | None = None, width: int | None = None,
