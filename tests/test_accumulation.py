@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from vdmlab.data import DigitsDataModule
-from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
+from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.weighting import ELBOWeighting
 from vdmlab.models import UNet
 from vdmlab.module import DiffusionModule
@@ -63,7 +63,8 @@ def test_two_micro_batches_of_half_the_batch_train_like_the_whole_batch(make_sch
 
 
 def test_micro_batches_take_consecutive_strata_of_one_stratified_set():
-    module = DiffusionModule(UNet(width=16, num_res_blocks=1, data_shape=(1, 8, 8)), LearnedSchedule(-5.0, 10.0, hidden=4, lr_multiplier=1.0),
+    module = DiffusionModule(UNet(width=16, num_res_blocks=1, data_shape=(1, 8, 8)),
+                             LearnedSchedule(-5.0, 10.0, hidden=4, lr_multiplier=1.0),
                              ELBOWeighting(), EpsParameterization(), 17, (1, 8, 8))
     module._accumulation = lambda: 4
     times = torch.cat([module._train_times(8, j, torch.device("cpu")) for j in range(4)])

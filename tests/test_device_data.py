@@ -57,7 +57,8 @@ def test_ddp_ranks_get_the_dataloaders_shards_and_together_every_example(split, 
     seen = []
     for rank in (0, 1):
         monkeypatch.setattr(base, "rank_and_world", lambda rank=rank: (rank, 2))
-        device, loader = (DigitsDataModule(batch_size=32, eval_batch_size=7, num_workers=0, on_device=m) for m in ("true", "false"))
+        device, loader = (DigitsDataModule(batch_size=32, eval_batch_size=7, num_workers=0, on_device=m)
+                          for m in ("true", "false"))
         batches = epoch_batches(device, 3, split)[1]
         assert_same_batches(batches, epoch_batches(loader, 3, split)[1])
         if split == "val":

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vdmlab.data import DigitsDataModule
-from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
+from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.schedules import LinearSchedule
 from vdmlab.diffusion.weighting import ELBOWeighting
 from vdmlab.models import UNet
