@@ -18,3 +18,9 @@ EVAL_RANK_STRIDE = 15_485_863
 #  and counts examples by their dataset index, vdmlab.diffusion.noise)
 #: FID samples: ``seed + FID_RANK_STRIDE·rank + 1``, each rank its own share of the samples
 FID_RANK_STRIDE = 31
+#: ODE likelihood, per-example rows of the counter-based generator: Hutchinson probes ``id·P + p + ODE_PROBE_STRIDE·(seed + 1)``
+ODE_PROBE_STRIDE = 7_000_003
+#: ODE likelihood, dequantization noise ``id·S + s + ODE_DEQUANTIZATION_STRIDE·(seed + 1)`` for draw s of S
+ODE_DEQUANTIZATION_STRIDE = 5_000_011
+#: ODE likelihood: dequantization draw s evaluates its ODE under ``seed + ODE_DRAW_STRIDE·s``
+ODE_DRAW_STRIDE = 1009
