@@ -258,11 +258,32 @@ def build_hydra(**kwargs) -> Built:
     return Built(run.datamodule, run.module, "hydra")
 
 
+NETWORKS = ("default", "cifar")
+# the CIFAR-size network (DDPM's CIFAR-10 UNet shape: 35.5 M parameters in vdmlab's UNet)
+CIFAR_NETWORK = {"width": 128, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 2, "attention_resolutions": [16]}
+
+
+def synthetic_images(batch_size: int, seed: int = 0, shape: tuple[int, ...] = (3, 32, 32)):
+    """A datamodule of random 8-bit images of CIFAR-10's shape (a throughput benchmark needs no real pixels):
+    LevelDataset splits, so ``dataset.on_device`` holds them on the device like CIFAR-10's."""
+    from vdmlab.data.base import DiffusionDataModule, LevelDataset
+
+    class SyntheticImages(DiffusionDataModule):
+        def build_splits(self):
+            gen = torch.Generator().manual_seed(self.seed)
+            n = max(4096, 4 * self.batch_size)
+            levels = torch.randint(0, 256, (n + 2 * 500, *self.data_shape), generator=gen, dtype=torch.uint8)
+            return tuple(LevelDataset(part, 256) for part in (levels[:n], levels[n:n + 500], levels[n + 500:]))
+
+    return SyntheticImages(256, shape, batch_size=batch_size, eval_batch_size=500, num_workers=0, seed=seed)
+
+
 def build_python(parameterization: str = "eps", batch_size: int | None = None, width: int | None = None,
                  compile: bool = False, channels_last: bool = False, eval_num_samples: int | None = None,
-                 seed: int = 0) -> Built:
+                 seed: int = 0, network: str = "default") -> Built:
     """The default run without Hydra: a mirror of conf/train.yaml and its default groups (dataset=digits,
-    model=unet, schedule=linear, weighting=elbo, sampler=ancestral, fid=null), checked against them by the tests."""
+    model=unet, schedule=linear, weighting=elbo, sampler=ancestral, fid=null), checked against them by the tests.
+    ``network="cifar"``: the same run with the CIFAR-size UNet (:data:`CIFAR_NETWORK`) on random 3x32x32 images."""
     from vdmlab.data import DigitsDataModule
     from vdmlab.diffusion import parameterization as P
     from vdmlab.diffusion.losses import low_discrepancy_times
@@ -276,9 +297,14 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
     classes = {"x": P.XParameterization, "eps": P.EpsParameterization, "score": P.ScoreParameterization,
                "energy": P.EnergyParameterization, "v": P.VParameterization, "flow": P.FlowParameterization}
     torch.manual_seed(seed)
-    datamodule = DigitsDataModule(batch_size=batch_size or 128, eval_batch_size=180, num_workers=0, seed=seed)
-    net = UNet(width=width or 64, channel_mults=[1], num_res_blocks=4, attention_resolutions=[], dropout=0.0, groups=8,
-               emb_dim=None, fourier_min_exp=None, fourier_max_exp=None, num_heads=1, data_shape=datamodule.data_shape)
+    if network == "cifar":
+        datamodule = synthetic_images(batch_size or 128, seed)
+        shape = {**CIFAR_NETWORK, "width": width or CIFAR_NETWORK["width"]}
+    else:
+        datamodule = DigitsDataModule(batch_size=batch_size or 128, eval_batch_size=180, num_workers=0, seed=seed)
+        shape = {"width": width or 64, "channel_mults": [1], "num_res_blocks": 4, "attention_resolutions": []}
+    net = UNet(**shape, dropout=0.0, groups=8, emb_dim=None, fourier_min_exp=None, fourier_max_exp=None, num_heads=1,
+               data_shape=datamodule.data_shape)
     module = DiffusionModule(
         net=net, schedule=LinearSchedule(logsnr_min=-5.0, logsnr_max=10.0), weighting=ELBOWeighting(),
         parameterization=classes[parameterization](), num_levels=datamodule.num_levels,
@@ -293,11 +319,29 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
     return Built(datamodule, module, "python")
 
 
-def build_default(config: str = "auto", **kwargs) -> Built:
-    """The default run (``python train.py`` with ``overrides(**kwargs)``), through Hydra when available."""
+def build_default(config: str = "auto", network: str = "default", **kwargs) -> Built:
+    """The default run (``python train.py`` with ``overrides(**kwargs)``), through Hydra when available; the
+    CIFAR-size network (``network="cifar"``, synthetic images) is always built in Python."""
+    if network != "default":
+        return build_python(network=network, **kwargs)
     if config == "hydra" or (config == "auto" and hydra_available()):
         return build_hydra(**kwargs)
     return build_python(**kwargs)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (CUDA; on the CPU the peak RSS of the process cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated by tensors since :func:`reset_peak_memory` (CUDA), else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
 # conf/trainer/default.yaml's values that matter for a training step (checked against the config by the tests)

@@ -1,12 +1,13 @@
 """Evaluation cost: seconds per 1,000 examples of the full ELBO in bits/dim (``vdmlab.metrics.bpd.evaluate_bpd``,
-the path of ``python eval.py``: per-example noise seeds, eval batch size of the config) at 1, 8 and 32
+the path of ``python eval.py``: counter-based per-example noise, eval batch size of the config, batches gathered on
+the device as ``dataset.on_device=auto`` does; ``--loader dataloader`` for the host DataLoader) at 1, 8 and 32
 low-discrepancy λ draws per example, with the resulting bits/dim and its standard error on the test split.
 
 The standard error depends on the model, so the default network is first trained for ``--train-steps`` steps
 with the DiffusionModule and a Lightning trainer (or a checkpoint of ``python train.py`` is loaded with
 ``--ckpt``); its EMA weights are evaluated.
 
-    python benchmarks/eval_cost.py [--device auto|cpu|cuda] [--num-samples 1 8 32] [--train-steps 500]
+    python benchmarks/eval_cost.py [--device auto|cpu|cuda] [--num-samples 1 8 32] [--train-steps 500] [--examples 10000]
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks import common
-from vdmlab.data.base import UniqueIndexDataset
+from vdmlab.data.base import EpochSampler, LevelDataset, UniqueIndexDataset
+from vdmlab.data.device import DeviceBatches
 from vdmlab.metrics.bpd import evaluate_bpd
 
 NAME = "eval_cost"
@@ -46,9 +48,17 @@ def measure(args, device) -> tuple[list[dict], dict]:
     module, datamodule = built.module, built.datamodule
     datamodule.setup()
     dataset = getattr(datamodule, f"{args.split}_set")
+    if args.examples:  # the split's images repeated to N examples, each with its own index (so its own noise)
+        levels = dataset.levels
+        dataset = LevelDataset(levels[torch.arange(args.examples) % levels.shape[0]], dataset.num_levels)
     if args.max_examples:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.max_examples, len(dataset))))
-    loader = DataLoader(UniqueIndexDataset(dataset), batch_size=datamodule.eval_batch_size, shuffle=False)
+        dataset = LevelDataset(dataset.levels[:args.max_examples], dataset.num_levels)
+    batch_size = args.eval_batch_size or datamodule.eval_batch_size
+    if args.loader == "device":  # what the datamodule's test_dataloader() gives with dataset.on_device=auto
+        loader = DeviceBatches(dataset, batch_size, EpochSampler(len(dataset), shuffle=False), device, drop_last=False,
+                               with_index=True)
+    else:
+        loader = DataLoader(UniqueIndexDataset(dataset), batch_size=batch_size, shuffle=False)
     rows = []
     for k in args.num_samples:
         results = []
@@ -64,15 +74,16 @@ def measure(args, device) -> tuple[list[dict], dict]:
                      "seconds_per_1000": 1e3 * common.median(times) / last["n"], "bpd": last["bpd"],
                      "bpd_se": last["bpd_se"], "diffusion": last["diffusion"], "prior": last["prior"],
                      "reconstruction": last["reconstruction"], "runs": times})
-    return rows, {"trained_steps": steps, "config_source": built.source, "split": args.split,
-                  "eval_batch_size": datamodule.eval_batch_size, "parameterization": module.parameterization.name}
+    return rows, {"trained_steps": steps, "config_source": built.source, "split": args.split, "loader": args.loader,
+                  "eval_batch_size": batch_size, "parameterization": module.parameterization.name}
 
 
 def report(payload: dict) -> str:
     """The markdown table of a result."""
     s = payload["settings"]
     return "\n".join([
-        f"Evaluation cost ({s['split']} split, {s['parameterization']}, model trained {s['trained_steps']} steps), "
+        f"Evaluation cost ({s['split']} split, {s['parameterization']}, model trained {s['trained_steps']} steps, "
+        f"{s['loader']} batches of {s['eval_batch_size']}), "
         f"{common.describe(payload['machine'])}", "", common.markdown_table(payload["results"], [
             ("num_samples", "λ draws per example", ""), ("seconds_per_1000", "s per 1,000 examples", "{:.3f}"),
             ("bpd", "bits/dim", "{:.4f}"), ("bpd_se", "standard error", "{:.4f}"), ("examples", "examples", "")])])
@@ -85,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ckpt", default=None, help="evaluate this checkpoint of python train.py instead (needs Hydra)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples (quick 16)")
+    p.add_argument("--examples", type=int, default=None, help="repeat the split's images to N examples (e.g. 10000)")
+    p.add_argument("--eval-batch-size", type=int, default=None, help="default: the config's (180 on digits)")
+    p.add_argument("--loader", default="device", choices=("device", "dataloader"),
+                   help="device: batches gathered on the device (dataset.on_device); dataloader: the host DataLoader")
     p.add_argument("--parameterization", default="eps", choices=common.PARAMETERIZATIONS)
     p.add_argument("--repeats", type=int, default=None, help="timed evaluations per setting (default 3; quick 1)")
     p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")

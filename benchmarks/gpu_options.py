@@ -80,8 +80,9 @@ def measure_option(args, device, batch_size: int, option: str) -> dict:
     runs = []
     try:
         for _ in range(args.repeats):
-            built = common.build_default(args.config, parameterization=args.parameterization, batch_size=batch_size,
-                                         width=args.width, compile=compile_, channels_last=channels_last)
+            built = common.build_default(args.config, network=args.network, parameterization=args.parameterization,
+                                         batch_size=batch_size, width=args.width, compile=compile_,
+                                         channels_last=channels_last)
             runs.append(lightning_run(built, device, args.steps, args.warmup, precision=precision))
     except Exception as error:  # noqa: BLE001 - one failing option is a result, not the end of the run
         return {**row, "error": f"{type(error).__name__}: {error}"[:300], "losses_finite": False}
@@ -107,7 +108,8 @@ def with_speedups(rows: list[dict]) -> list[dict]:
 def report(payload: dict) -> str:
     """The markdown table of a result."""
     return "\n".join([
-        f"GPU options of the training config ({payload['settings']['parameterization']}), "
+        f"GPU options of the training config ({payload['settings']['parameterization']}, "
+        f"{payload['settings'].get('network', 'default')} network), "
         f"{common.describe(payload['machine'])}", "", common.markdown_table(payload["results"], [
             ("batch_size", "batch", ""), ("option", "option", ""), ("overrides", "python train.py overrides", "`{}`"),
             ("images_per_s", "img/s", "{:,.0f}"), ("speedup_vs_32", "vs 32-true", "{:.2f}x"),
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=None, help="runs per option (default 1)")
     p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")
     p.add_argument("--parameterization", default="eps", choices=common.PARAMETERIZATIONS)
+    p.add_argument("--network", default="default", choices=common.NETWORKS,
+                   help="cifar: the CIFAR-size UNet (benchmarks/common.py:CIFAR_NETWORK) on random 3x32x32 images")
     p.add_argument("--compile-batch-sizes", nargs="+", type=int, default=None,
                    help="run the compile options only at these batch sizes (compiling is slow; default: all)")
     args = p.parse_args(argv)
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"benchmark": NAME, "command": common.command_line("gpu_options.py", argv), "quick": q, "machine": info,
                "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
                             "repeats": args.repeats, "model_width": args.width or 64,
-                            "parameterization": args.parameterization,
+                            "parameterization": args.parameterization, "network": args.network,
                             "compile_batch_sizes": args.compile_batch_sizes},
                "compile_workaround_applied": workaround, "complete": False, "results": []}
     path = common.output_path(NAME, device, args)

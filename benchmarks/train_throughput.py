@@ -9,9 +9,12 @@ validation). Only steady-state steps are timed: from the start of step ``warmup`
 (synchronised), so each timed step includes data loading, forward, backward, clipping, optimizer, LR and EMA.
 
 An ablation (``--ablation``, default on) adds the module's extra per-step work to the bare loop one piece at a
-time (the DataLoader, the logging-only train/bpd terms, the non-finite checks) to show where any gap goes.
+time (the datamodule's batches, on the device or through the host DataLoader, the logging-only train/bpd terms, the
+non-finite checks) to show where any gap goes. Each row reports the peak GPU memory of both arms (on a CPU: the
+process's peak RSS). ``--networks cifar`` adds the CIFAR-size UNet (benchmarks/common.py:CIFAR_NETWORK) on random
+3x32x32 images (no ablation).
 
-    python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--batch-sizes 128 1024] [--quick]
+    python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--batch-sizes 128 1024] [--networks default cifar]
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks import common
+from vdmlab.data.device import DeviceBatches
 from vdmlab.diffusion.likelihood import bits_per_dim
 from vdmlab.diffusion.losses import diffusion_loss, low_discrepancy_times
 from vdmlab.optim import EMA, linear_warmup
 
 NAME = "train_throughput"
-ABLATIONS = ("dataloader", "bpd_terms", "nonfinite_checks")
+ABLATIONS = ("dataloader", "host_dataloader", "bpd_terms", "nonfinite_checks")
 
 
 def training_tensor(datamodule, device: torch.device) -> torch.Tensor:
@@ -49,9 +53,11 @@ def bare_loop(built: common.Built, device: torch.device, steps: int, warmup: int
               extras: frozenset[str] = frozenset()) -> dict:
     """Train ``built.module.net`` with a hand-written loop; seconds of the steps [warmup, steps).
 
-    ``extras`` adds the module's per-step work: ``dataloader`` (batches from the datamodule's DataLoader, moved to
-    the device), ``bpd_terms`` (prior + decoder terms and bits/dim of the train/bpd log), ``nonfinite_checks``
-    (the loss and gradient checks of ``training_step`` and ``on_before_optimizer_step``).
+    ``extras`` adds the module's per-step work: ``dataloader`` (the datamodule's training batches as the module gets
+    them: with ``dataset.on_device=auto`` gathered on the device), ``host_dataloader`` (the DataLoader of
+    ``dataset.on_device=false``, batches moved to the device), ``bpd_terms`` (prior + decoder terms and bits/dim of
+    the train/bpd log), ``nonfinite_checks`` (the loss and gradient checks of ``training_step`` and
+    ``on_before_optimizer_step``).
     """
     module = built.module.to(device)
     net, schedule, weighting, param = module.net, module.schedule, module.weighting, module.parameterization
@@ -61,8 +67,14 @@ def bare_loop(built: common.Built, device: torch.device, steps: int, warmup: int
     ema = EMA(net, 0.999, True).to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     batch_size = built.datamodule.batch_size
-    data = None if "dataloader" in extras else training_tensor(built.datamodule, device)
-    loader = built.datamodule.train_dataloader() if "dataloader" in extras else None
+    loader = None
+    if extras & {"dataloader", "host_dataloader"}:
+        built.datamodule.on_device = "false" if "host_dataloader" in extras else built.datamodule.on_device
+        loader = built.datamodule.train_dataloader()
+        if isinstance(loader, DeviceBatches):  # without a trainer the datamodule cannot know the device: give it
+            loader = DeviceBatches(built.datamodule.train_set, batch_size, loader.sampler, device, drop_last=True)
+    data = training_tensor(built.datamodule, device) if loader is None else None
+    common.reset_peak_memory(device)
     order_gen = torch.Generator().manual_seed(0)
     step, start, epoch, losses = 0, None, 0, []
     while step <= steps:
@@ -78,7 +90,8 @@ def bare_loop(built: common.Built, device: torch.device, steps: int, warmup: int
                 start = time.perf_counter()
             if step == steps:
                 common.sync(device)
-                return {"seconds": time.perf_counter() - start, "steps": steps - warmup, "losses": losses}
+                return {"seconds": time.perf_counter() - start, "steps": steps - warmup, "losses": losses,
+                        "peak_mib": common.peak_memory_mib(device)}
             t = low_discrepancy_times(batch_size, generator=generator, device=device)
             eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
             terms = diffusion_loss(x, t, eps, net=net, schedule=schedule, weighting=weighting, parameterization=param)
@@ -130,22 +143,26 @@ def lightning_run(built: common.Built, device: torch.device, steps: int, warmup:
     """``trainer.fit`` of the DiffusionModule for ``steps + 1`` steps; seconds of the steps [warmup, steps)."""
     timer = StepTimer(warmup, steps, device)
     trainer = common.make_trainer(device, max_steps=steps + 1, precision=precision, callbacks=[timer])
+    common.reset_peak_memory(device)
     start = time.perf_counter()
     trainer.fit(built.module, datamodule=built.datamodule)
     fit_seconds = time.perf_counter() - start
     losses = [float(v) for v in timer.losses]
-    return {"seconds": timer.seconds(), "steps": steps - warmup, "losses": losses, "fit_seconds": fit_seconds}
+    return {"seconds": timer.seconds(), "steps": steps - warmup, "losses": losses, "fit_seconds": fit_seconds,
+            "peak_mib": common.peak_memory_mib(device),
+            "on_device": built.datamodule.on_device_reasons.get("train", "")}
 
 
 def images_per_s(run: dict, batch_size: int) -> float:
     return run["steps"] * batch_size / run["seconds"]
 
 
-def measure(args, device, batch_size: int) -> dict:
+def measure(args, device, batch_size: int, network: str = "default") -> dict:
     """Interleaved bare / Lightning runs per parameterization at one batch size; medians and paired ratios."""
-    build = lambda p: common.build_default(args.config, parameterization=p, batch_size=batch_size, width=args.width)
+    build = lambda p: common.build_default(args.config, network=network, parameterization=p, batch_size=batch_size,
+                                           width=args.width)
     rows, ablation, source = [], [], None
-    runs = {p: {"bare": [], "lightning": []} for p in args.parameterizations}
+    runs = {p: {"bare": [], "lightning": [], "bare_peak": [], "lightning_peak": []} for p in args.parameterizations}
     for r in range(args.repeats):
         for p in args.parameterizations:
             arms = ("bare", "lightning") if r % 2 == 0 else ("lightning", "bare")  # alternate who goes first
@@ -155,19 +172,23 @@ def measure(args, device, batch_size: int) -> dict:
                 run = (bare_loop(built, device, args.steps, args.warmup) if arm == "bare"
                        else lightning_run(built, device, args.steps, args.warmup))
                 runs[p][arm].append(images_per_s(run, batch_size))
+                runs[p][f"{arm}_peak"].append(run["peak_mib"])
+                runs[p]["on_device"] = run.get("on_device", runs[p].get("on_device"))
                 runs[p][f"{arm}_loss"] = run["losses"][-1] if run["losses"] else math.nan
     for p in args.parameterizations:
         bare, lit = runs[p]["bare"], runs[p]["lightning"]
         rows.append({
-            "batch_size": batch_size, "parameterization": p,
+            "network": network, "batch_size": batch_size, "parameterization": p,
+            "bare_peak_mib": max(runs[p]["bare_peak"]), "lightning_peak_mib": max(runs[p]["lightning_peak"]),
+            "on_device": runs[p]["on_device"],
             "bare_images_per_s": common.median(bare), "lightning_images_per_s": common.median(lit),
             "ratio": common.median(l / b for l, b in zip(lit, bare)),
             "bare_runs": bare, "lightning_runs": lit,
             "bare_final_loss": runs[p]["bare_loss"], "lightning_final_loss": runs[p]["lightning_loss"],
         })
-    if args.ablation:
+    if args.ablation and network == "default":
         variants = [("bare", frozenset())] + [(f"bare + {e}", frozenset([e])) for e in ABLATIONS]
-        variants.append(("bare + all three", frozenset(ABLATIONS)))
+        variants.append(("bare + all three", frozenset(ABLATIONS) - {"host_dataloader"}))  # what the module does
         times = {name: [] for name, _ in variants}
         times["lightning"] = []
         for _ in range(args.repeats):
@@ -192,10 +213,12 @@ def measure(args, device, batch_size: int) -> dict:
 
 def report(payload: dict) -> str:
     """The markdown tables of a result."""
+    memory = "peak GPU memory (MiB)" if payload["machine"]["device"] == "cuda" else "process peak RSS (MiB)"
     out = [f"Training throughput, {common.describe(payload['machine'])}", "", common.markdown_table(payload["results"], [
-        ("batch_size", "batch", ""), ("parameterization", "parameterization", ""),
+        ("network", "network", ""), ("batch_size", "batch", ""), ("parameterization", "parameterization", ""),
         ("bare_images_per_s", "bare loop (img/s)", "{:,.0f}"),
-        ("lightning_images_per_s", "DiffusionModule + Trainer (img/s)", "{:,.0f}"), ("ratio", "ratio", "{:.2f}")])]
+        ("lightning_images_per_s", "DiffusionModule + Trainer (img/s)", "{:,.0f}"), ("ratio", "ratio", "{:.2f}"),
+        ("bare_peak_mib", f"bare {memory}", "{:,.0f}"), ("lightning_peak_mib", f"module {memory}", "{:,.0f}")])]
     for b, cost in payload["energy_cost"].items():
         out.append(f"\nenergy vs eps at batch {b}: {cost['bare']:.2f}x the time per image in the bare loop, "
                    f"{cost['lightning']:.2f}x with the module")
@@ -216,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 10; quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; quick 1)")
     p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")
+    p.add_argument("--networks", nargs="+", default=["default"], choices=common.NETWORKS,
+                   help="default: conf/model/unet.yaml on digits; cifar: the CIFAR-size UNet on random 3x32x32 images")
     p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
                    help="time the bare loop with the module's extras added one at a time (eps)")
     args = p.parse_args(argv)
@@ -231,8 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     info = common.machine(device)
     result = {"rows": [], "ablation": [], "energy_cost": {}}
     path = common.output_path(NAME, device, args)
-    for batch_size in args.batch_sizes:
-        part = measure(args, device, batch_size)
+    for network, batch_size in [(n, b) for n in args.networks for b in args.batch_sizes]:
+        part = measure(args, device, batch_size, network)
         for key in result:
             result[key] = {**result[key], **part[key]} if isinstance(result[key], dict) else result[key] + part[key]
         payload = {
@@ -241,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
             "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
                          "timed_steps": args.steps - args.warmup, "repeats": args.repeats,
                          "model_width": args.width or 64, "config_source": part["config_source"]},
-            "complete": batch_size == args.batch_sizes[-1], "goal_ratio": 0.95,
+            "networks": args.networks, "complete": (network, batch_size) == (args.networks[-1], args.batch_sizes[-1]),
+            "goal_ratio": 0.95,
             "min_ratio": min(r["ratio"] for r in result["rows"]),
             "results": result["rows"], "energy_cost": result["energy_cost"], "ablation": result["ablation"],
         }

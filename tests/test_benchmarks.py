@@ -47,7 +47,8 @@ def test_python_mirror_builds_the_composed_configs_run(kwargs):
     assert (hydra.source, python.source) == ("hydra", "python")
     dh, dp = hydra.datamodule, python.datamodule
     assert type(dh) is type(dp)
-    for attr in ("batch_size", "eval_batch_size", "num_workers", "seed", "num_levels", "data_shape", "pin_memory"):
+    for attr in ("batch_size", "eval_batch_size", "num_workers", "seed", "num_levels", "data_shape", "pin_memory",
+                 "on_device"):
         assert getattr(dh, attr) == getattr(dp, attr), attr
     mh, mp = hydra.module, python.module
     assert repr(mh.net) == repr(mp.net)
@@ -90,6 +91,8 @@ def test_train_throughput_quick(tmp_path):
         assert_finite(row, "bare_images_per_s", "lightning_images_per_s", "ratio")
         assert_finite(row, "bare_final_loss", "lightning_final_loss")
         assert row["ratio"] == pytest.approx(row["lightning_runs"][0] / row["bare_runs"][0])
+        assert_finite(row, "bare_peak_mib", "lightning_peak_mib")  # peak RSS on the CPU, peak GPU memory on CUDA
+        assert row["on_device"].startswith("dataset.on_device=auto: holding the 1437x1x8x8 uint8 train split")
     assert payload["min_ratio"] == min(r["ratio"] for r in rows) and payload["goal_ratio"] == 0.95
     for arm in ("bare", "lightning"):
         assert_finite(payload["energy_cost"]["8"], arm)
@@ -98,6 +101,14 @@ def test_train_throughput_quick(tmp_path):
     for row in payload["ablation"]:
         assert_finite(row, "images_per_s", "ms_per_step")
         assert common.finite(row["extra_ms_per_step"])
+
+
+def test_train_throughput_quick_on_the_cifar_size_network(tmp_path):
+    payload = run_quick(train_throughput, tmp_path, "--networks", "cifar", "--parameterizations", "eps")
+    (row,) = payload["results"]
+    assert row["network"] == "cifar" and payload["ablation"] == []
+    assert_finite(row, "bare_images_per_s", "lightning_images_per_s", "ratio", "bare_final_loss", "lightning_peak_mib")
+    assert "3x3x32x32" not in row["on_device"] and "x3x32x32 uint8 train split" in row["on_device"]
 
 
 def test_sampling_throughput_quick(tmp_path):

@@ -114,11 +114,13 @@ def test_digits_loaders(digits: DigitsDataModule):
 
 
 def test_loader_settings():
-    dm = DigitsDataModule(batch_size=32, eval_batch_size=100, num_workers=2)
+    dm = DigitsDataModule(batch_size=32, eval_batch_size=100, num_workers=2, on_device="false")
     train, val = dm.train_dataloader(), dm.val_dataloader()  # setup() runs on demand
     assert train.batch_size == 32 and val.batch_size == 100
     assert train.persistent_workers and train.num_workers == 2
-    assert not DigitsDataModule(**COMMON).train_dataloader().persistent_workers
+    assert not DigitsDataModule(on_device="false", **COMMON).train_dataloader().persistent_workers
+    held = DigitsDataModule(batch_size=32, eval_batch_size=100, num_workers=0)  # on_device=auto: gathered on device
+    assert held.train_dataloader().batch_size == 32 and held.val_dataloader().batch_size == 100
 
 
 def test_digits_shuffle_reproducible():

@@ -17,7 +17,7 @@ from conftest import REPO, compose_config
 from vdmlab.cli import evaluate
 from vdmlab.cli.build import build_from_checkpoint, build_run
 from vdmlab.cli.train import run as train_run
-from vdmlab.data import DigitsDataModule
+from vdmlab.data import DigitsDataModule, LevelDataset
 from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.schedules import LinearSchedule
 from vdmlab.diffusion.weighting import ELBOWeighting
@@ -89,11 +89,12 @@ def test_eval_py_and_sample_py_run_on_the_checkpoint(trained, tmp_path):
 
 
 class SevenValDigits(DigitsDataModule):
-    """Digits with 7 validation examples: 2 DDP ranks must pad to 8, duplicating one example."""
+    """Digits with 7 validation examples: 2 DDP ranks must pad to 8, duplicating one example (a LevelDataset, so
+    that ``dataset.on_device=auto`` gathers the batches on the device on every rank)."""
 
     def build_splits(self):
         train, val, test = super().build_splits()
-        return train, torch.utils.data.Subset(val, range(7)), test
+        return train, LevelDataset(val.levels[:7], val.num_levels), test
 
 
 def small_module():

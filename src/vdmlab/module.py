@@ -200,6 +200,7 @@ class DiffusionModule(L.LightningModule):
         self.seed, self.nonfinite_patience, self.run_config = int(seed), int(nonfinite_patience), run_config
         self._noise_generator: torch.Generator | None = None
         self._noise_state: Tensor | None = None
+        self._step_times: Tensor | None = None  # the current optimizer step's times under gradient accumulation
         self.nonfinite_steps, self._nonfinite_run = 0, 0
         self.channels_last = bool(channels_last) and len(self.data_shape) == 3
         if self.channels_last:
@@ -302,9 +303,11 @@ class DiffusionModule(L.LightningModule):
         return labels
 
     def loss_terms(self, x: Tensor, generator: torch.Generator | None = None, net: nn.Module | None = None,
-                   cond: Tensor | None = None) -> LossTerms:
-        """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch, conditioned on ``cond`` (labels)."""
-        t = self.time_sampler(x.shape[0], generator=generator, device=x.device)
+                   cond: Tensor | None = None, t: Tensor | None = None) -> LossTerms:
+        """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch, conditioned on ``cond`` (labels),
+        at times ``t`` when given."""
+        if t is None:
+            t = self.time_sampler(x.shape[0], generator=generator, device=x.device)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         net = self.net if net is None else net  # not `net or self.net`: a compiled module has no truth value
         return diffusion_loss(
@@ -328,6 +331,22 @@ class DiffusionModule(L.LightningModule):
         """Noise for the logging-only train/bpd terms: per step, independent of the training noise."""
         return torch.Generator(device=self.device).manual_seed(self.seed + seeds.LOG_STEP_STRIDE * (self.global_step + 1))
 
+    def _accumulation(self) -> int:
+        """k of ``trainer.accumulate_grad_batches``: micro-batches per optimizer step (1 without a trainer)."""
+        return int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+
+    def _train_times(self, batch_size: int, batch_idx: int, device: torch.device) -> Tensor:
+        """Times of one micro-batch: with k micro-batches per optimizer step the sampler draws the step's k·B times
+        at its first micro-batch and micro-batch j takes their strata j·B … (j+1)·B - 1, so that the step sees
+        one stratified set of k·B times, as one batch k times larger would."""
+        k = self._accumulation()
+        if k == 1:
+            return self.time_sampler(batch_size, generator=self.noise_generator, device=device)
+        j = batch_idx % k
+        if j == 0 or self._step_times is None or self._step_times.numel() < (j + 1) * batch_size:
+            self._step_times = self.time_sampler(k * batch_size, generator=self.noise_generator, device=device)
+        return self._step_times[j * batch_size:(j + 1) * batch_size]
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         _, x, y = split_batch(batch)
         x, y = self._check_shape(x), self._check_labels(y)
@@ -336,8 +355,12 @@ class DiffusionModule(L.LightningModule):
         if y is not None and self.p_uncond > 0:  # label dropout: the same net learns p(x) under ∅
             drop = torch.rand(y.shape, generator=self.noise_generator, device=y.device) < self.p_uncond
             y = torch.where(drop, self.null_labels(y), y)
-        terms = self.loss_terms(x, self.noise_generator, self._train_net, cond=y)
-        self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
+        t = self._train_times(x.shape[0], batch_idx, x.device)
+        terms = self.loss_terms(x, self.noise_generator, self._train_net, cond=y, t=t)
+        if self._accumulation() == 1:
+            self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
+        else:  # applied once per optimizer step, in on_before_optimizer_step
+            self.schedule.accumulate(terms.logsnr.detach(), terms.loss.detach())
         loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: on_before_optimizer_step skips the step
         trained_ends = self.schedule.trainable_endpoints
         log_now = self._logging_step()
@@ -354,7 +377,8 @@ class DiffusionModule(L.LightningModule):
                  "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0},
                 prog_bar=False, on_step=True, on_epoch=False, batch_size=x.shape[0],
             )
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
+            # the progress bar reads its values on the host: only on logging steps, so other steps never sync
+            self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
         if trained_ends:  # the ELBO's prior and decoder terms train the endpoints (eq. 3.60)
             return loss + (prior + reconstruction).mean()
         return loss
@@ -373,17 +397,19 @@ class DiffusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
-            return
-        # one fused kernel and a single device-to-host sync per step
-        if not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+        # one fused kernel and a single device-to-host sync per optimizer step (after all its micro-batches)
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
             for p in self.parameters():
                 p.grad = None  # AdamW skips parameters without gradients: the step becomes a no-op
             self._skip_nonfinite("loss or gradient")
-        else:
+        elif grads:
             self._nonfinite_run = 0
+        if self._accumulation() > 1:  # the schedule update of the whole optimizer step (all its micro-batches)
+            self.schedule.apply_accumulated()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA: once per optimizer step, whatever ``accumulate_grad_batches``."""
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
 
     @torch.no_grad()

@@ -44,10 +44,17 @@ class EMA(nn.Module):
         self.decay, self.warmup = float(decay), bool(warmup)
         self.net = copy.deepcopy(net).requires_grad_(False).eval()
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._host_updates: int | None = 0  # host copy of num_updates: no device sync per step (None: re-read)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_updates = None  # num_updates was replaced: read it once at the next update
 
     def current_decay(self) -> float:
         """The decay used at the next update."""
-        n = int(self.num_updates)
+        if self._host_updates is None:
+            self._host_updates = int(self.num_updates)
+        n = self._host_updates
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
@@ -60,6 +67,7 @@ class EMA(nn.Module):
         for ema_buffer, buffer in zip(self.net.buffers(), net.buffers()):
             ema_buffer.copy_(buffer)
         self.num_updates += 1
+        self._host_updates += 1  # set by current_decay() above
 
     def train(self, mode: bool = True) -> EMA:
         """The averaged network always stays in eval mode."""

@@ -14,9 +14,15 @@ TEST_OFFSET = 7_919
 EVAL_BATCH_STRIDE = 104_729
 #: evaluation noise per DDP rank (generator mode): ``+ EVAL_RANK_STRIDE·rank``
 EVAL_RANK_STRIDE = 15_485_863
-#: per-example evaluation noise: example i's seeds are ``i·(draws) + k + EXAMPLE_SEED_STRIDE·seed``
-EXAMPLE_SEED_STRIDE = 1_000_003
+# (per-example evaluation noise needs no offset: the counter-based generator keys each stream by (seed, draw)
+#  and counts examples by their dataset index, vdmlab.diffusion.noise)
 #: FID samples: ``seed + FID_RANK_STRIDE·rank + 1``, each rank its own share of the samples
 FID_RANK_STRIDE = 31
 #: FID sample seeds of the repeats (``fid.repeats``): ``+ FID_REPEAT_STRIDE·repeat``
 FID_REPEAT_STRIDE = 7_919
+#: ODE likelihood, per-example rows of the counter-based generator: Hutchinson probes ``id·P + p + ODE_PROBE_STRIDE·(seed + 1)``
+ODE_PROBE_STRIDE = 7_000_003
+#: ODE likelihood, dequantization noise ``id·S + s + ODE_DEQUANTIZATION_STRIDE·(seed + 1)`` for draw s of S
+ODE_DEQUANTIZATION_STRIDE = 5_000_011
+#: ODE likelihood: dequantization draw s evaluates its ODE under ``seed + ODE_DRAW_STRIDE·s``
+ODE_DRAW_STRIDE = 1009

@@ -15,6 +15,7 @@ after ``__init__`` (None for unconditional data).
 from __future__ import annotations
 
 import abc
+import logging
 import math
 
 import lightning as L
@@ -22,9 +23,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from vdmlab.checks import ParameterError, check_bool, check_int
+from vdmlab.checks import ParameterError, check_bool, check_choice, check_int
 from vdmlab.diffusion.likelihood import levels_to_values, values_to_levels  # noqa: F401 - the grid, re-exported
 from vdmlab.distributed import rank_and_world
+
+log = logging.getLogger("vdmlab")
+
+ON_DEVICE_CHOICES = ("auto", "true", "false")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -197,6 +202,8 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
             models (``dataset.conditional``). A dataset with class labels states how many classes it has
             (``label_classes`` class attribute, or a ``classes`` list) and provides the labels of each split as
             ``<split>_labels`` tensors on the datamodule or as a ``labels`` tensor on the split's dataset.
+        on_device: ``auto`` | ``true`` | ``false``: hold in-memory splits of integer levels on the training device
+            and gather batches there (:mod:`vdmlab.data.device`); ``auto`` when they fit.
     """
 
     label_classes: int | None = None  # number of classes of the dataset's labels (None: no labels)
@@ -212,6 +219,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         seed: int = 0,
         pin_memory: bool = False,
         conditional: bool = False,
+        on_device: str | bool = "auto",
     ):
         """``num_levels``: K, the number of quantization levels; ``data_shape``: the per-example shape, e.g.
         (C, H, W) for images or (2,) for 2-D points; the rest: see the class docstring."""
@@ -225,6 +233,10 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         self.seed = check_int("seed", seed)
         self.pin_memory = check_bool("pin_memory", pin_memory)
         self.conditional = check_bool("conditional", conditional)
+        if isinstance(on_device, bool):  # YAML reads true/false as booleans; auto stays a string
+            on_device = "true" if on_device else "false"
+        self.on_device = check_choice("on_device", on_device, ON_DEVICE_CHOICES)
+        self.on_device_reasons: dict[str, str] = {}  # split -> why it is (not) held on the device, as logged
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -295,16 +307,32 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         if self.train_set is None:
             self.setup()
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        """A DataLoader with the shared worker settings; training loaders shuffle (seeded per epoch) and drop_last.
+    def _device(self) -> torch.device:
+        """The device the attached trainer trains on (the CPU without a trainer)."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool, split: str = "train"):
+        """Batches of a split: device-resident (``on_device``) or a DataLoader with the shared worker settings;
+        training batches are shuffled (seeded per epoch) and the last incomplete one dropped.
 
         The sampler shards across DDP ranks itself (the trainer runs with ``use_distributed_sampler=False``)
         and, for training, resumes mid-epoch from the position stored by :meth:`state_dict`.
         """
+        from vdmlab.data.device import DeviceBatches, choose_on_device, level_source
+
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=train)
         if train and self._resume is not None:
             sampler.skip(self._resume["epoch"], self._resume["batches_done"] * batch_size)
             self._resume = None
+        device = self._device()
+        held, reason = choose_on_device(self.on_device, dataset, device, split)
+        if self.on_device_reasons.get(split) != reason and rank_and_world()[0] == 0:
+            log.info(reason)
+        self.on_device_reasons[split] = reason
+        if held:
+            return DeviceBatches(level_source(dataset), batch_size, sampler, device, drop_last=train,
+                                 with_index=isinstance(dataset, UniqueIndexDataset))
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -338,15 +366,16 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
                 f"{type(self).__name__}, so drop_last=True would leave no training batch; "
                 f"set dataset.batch_size <= {n}"
             )
-        return self._loader(self.split_dataset("train"), self.batch_size, train=True)
+        return self._loader(self.split_dataset("train"), self.batch_size, train=True, split="train")
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches ``(index, x)`` (``(index, x, y)`` when conditional) in a fixed order (no shuffle, no
         drop); the index lets metrics count every example once under DDP, where the sampler pads with duplicates."""
         self._require_setup()
-        return self._loader(UniqueIndexDataset(self.split_dataset("val")), self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.split_dataset("val")), self.eval_batch_size, train=False, split="val")
 
     def test_dataloader(self) -> DataLoader:
         """Test batches ``(index, x)`` (``(index, x, y)`` when conditional) in a fixed order (no shuffle, no drop)."""
         self._require_setup()
-        return self._loader(UniqueIndexDataset(self.split_dataset("test")), self.eval_batch_size, train=False)
+        return self._loader(UniqueIndexDataset(self.split_dataset("test")), self.eval_batch_size, train=False,
+                            split="test")

@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from vdmlab.checks import check_int
 from vdmlab.diffusion.losses import diffusion_loss, low_discrepancy_times
+from vdmlab.diffusion.noise import counter_normal
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.process import alpha_sigma, diffuse, expand_like, log_alpha2_sigma2
 from vdmlab.diffusion.schedules import Schedule
 from vdmlab.diffusion.weighting import ELBOWeighting
-from vdmlab.seeds import EXAMPLE_SEED_STRIDE
 
 
 def prior_kl(x: Tensor, logsnr_1: Tensor) -> Tensor:
@@ -106,9 +106,10 @@ GOLDEN = 0.6180339887498949  # frac of the golden ratio: t_i = frac(u + i·φ) i
 
 
 def per_example_normal(seeds: Tensor, shape: tuple[int, ...], device=None, dtype=torch.float32) -> Tensor:
-    """Standard normal rows where row i depends only on ``seeds[i]``: the same whatever the batch or DDP rank."""
-    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
-    return torch.stack(rows).to(device=device, dtype=dtype)
+    """Standard normal rows ``[B, *shape]`` where row i depends only on ``seeds[i]`` (taken modulo 2^32): the same
+    whatever the batch, the DDP rank or the device; made in one batched call by :func:`noise.counter_normal`."""
+    seeds = torch.as_tensor(seeds).to(device)
+    return counter_normal(0, seeds, 1, tuple(shape), dtype=dtype)[0]
 
 
 def negative_elbo(
@@ -128,9 +129,10 @@ def negative_elbo(
     """-VLB(x) per example with ``num_samples`` low-discrepancy λ draws for the diffusion term, eq. (3.60).
 
     Continuous time (eq. 3.134) when ``timesteps`` is None, else the discrete-T bound (eqs. 3.62, A.38).
-    The noise comes from ``generator``, or, when ``example_ids`` (dataset indices) are given, from
-    per-example seeds with times t = frac(u + id·φ): then every example's estimate is independent of how
-    the data are batched or sharded across DDP ranks. ``cond`` (e.g. class labels) conditions the network:
+    The noise comes from ``generator``, or, when ``example_ids`` (dataset indices) are given, from the
+    counter-based generator of :mod:`vdmlab.diffusion.noise` (ε a pure function of (seed, id, draw), made on
+    the device in one batched call) with times t = frac(u + id·φ): then every example's estimate is independent
+    of how the data are batched or sharded across DDP ranks. ``cond`` (e.g. class labels) conditions the network:
     the bound is then on -log p(x | cond).
     """
     batch = x.shape[0]
@@ -138,11 +140,11 @@ def negative_elbo(
         t_0 = low_discrepancy_times(batch, generator=generator, device=x.device)
         draws = [torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for _ in range(num_samples + 1)]
     else:
-        ids = example_ids.long().cpu()
-        u = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
-        t_0 = torch.remainder(u + ids.double() * GOLDEN, 1.0).to(device=x.device, dtype=x.dtype)
-        draws = [per_example_normal(ids * (num_samples + 1) + k + EXAMPLE_SEED_STRIDE * seed, x.shape[1:], x.device, x.dtype)
-                 for k in range(num_samples + 1)]
+        ids = example_ids.to(x.device)
+        u = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()  # host generator: no device sync
+        wide = torch.float32 if x.device.type == "mps" else torch.float64
+        t_0 = torch.remainder(u + ids.to(wide) * GOLDEN, 1.0).to(x.dtype)
+        draws = counter_normal(seed, ids, num_samples + 1, x.shape[1:], dtype=x.dtype)  # [S + 1, B, ...], on device
     prior, reconstruction = endpoint_terms(x, schedule, draws[0], num_levels)
     diffusion = torch.zeros(batch, device=x.device, dtype=x.dtype)
     for k in range(num_samples):

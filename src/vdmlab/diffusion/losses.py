@@ -70,7 +70,7 @@ def diffusion_loss(
     """Weighted diffusion loss ½ w(λ)/p(λ) ‖ε − ε̂‖² per example, eqs. (4.123, 3.134, A.38); ``cond`` goes to the net."""
     logsnr, inv_density = logsnr_and_inverse_density(schedule, t, timesteps)
     z_t = diffuse(x, logsnr, eps)
-    eps_hat = parameterization.predict(net, z_t, logsnr, cond=cond).eps_hat
+    eps_hat = parameterization.predict(net, z_t, logsnr, cond=cond).eps_hat.to(eps.dtype)  # float32 under bf16 autocast
     mse = (eps - eps_hat).pow(2).flatten(1).sum(1)  # [B]
     elbo = 0.5 * inv_density * mse  # [B]
     w = weighting(logsnr, (1.0 / inv_density).detach())  # [B]; p detached: a learned schedule never moves the target w

@@ -40,6 +40,7 @@ from vdmlab.diffusion.likelihood import per_example_normal
 from vdmlab.diffusion.parameterization import Denoiser
 from vdmlab.diffusion.process import alpha_sigma, expand_like
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
+from vdmlab.seeds import ODE_DEQUANTIZATION_STRIDE, ODE_DRAW_STRIDE, ODE_PROBE_STRIDE
 
 State = tuple[Tensor, Tensor]  # (z [B, ...], Δ log p accumulator [B, P])
 Drift = Callable[[Tensor, State], State]
@@ -112,7 +113,7 @@ class HutchinsonDivergence:
             normal = torch.randn(shape, generator=generator, device=z.device, dtype=z.dtype)
         else:
             ids = example_ids.long().cpu() * self.num_probes
-            normal = torch.stack([per_example_normal(ids + p + 7_000_003 * (seed + 1), z.shape[1:], z.device, z.dtype)
+            normal = torch.stack([per_example_normal(ids + p + ODE_PROBE_STRIDE * (seed + 1), z.shape[1:], z.device, z.dtype)
                                   for p in range(self.num_probes)])
         return PROBES[self.probe](normal)
 
@@ -355,11 +356,11 @@ def dequantized_nll(
         if example_ids is None:
             normal = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
-            ids = example_ids.long().cpu() * int(num_draws) + s + 5_000_011 * (seed + 1)
+            ids = example_ids.long().cpu() * int(num_draws) + s + ODE_DEQUANTIZATION_STRIDE * (seed + 1)
             normal = per_example_normal(ids, x.shape[1:], x.device, x.dtype)
         y, log_q = dequantization(x, normal, num_levels, float(schedule.logsnr_max))
         result = data_log_prob(denoise, y, schedule, generator=generator, example_ids=example_ids,
-                               seed=seed + 1009 * s, **ode_kwargs)
+                               seed=seed + ODE_DRAW_STRIDE * s, **ode_kwargs)
         bounds.append(-result.log_prob_probes + log_q.unsqueeze(1))  # [B, P]
     per_draw = torch.stack([b.mean(1) for b in bounds], 1)  # [B, S]
     everything = torch.cat(bounds, 1)  # [B, S·P]

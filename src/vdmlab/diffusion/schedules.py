@@ -37,6 +37,7 @@ class Schedule(nn.Module, abc.ABC):
             raise ParameterError(("logsnr_min", "logsnr_max"), (logsnr_min, logsnr_max),
                                  "they must be finite with logsnr_min < logsnr_max (set diffusion.logsnr_min/logsnr_max)")
         self._set_endpoints(float(logsnr_min), float(logsnr_max))
+        self._pending: list[tuple[Tensor, Tensor]] = []  # micro-batches gathered by ``accumulate``
 
     #: True when the endpoints are parameters trained by the ELBO (the module then adds the prior and decoder terms).
     trainable_endpoints: bool = False
@@ -79,6 +80,18 @@ class Schedule(nn.Module, abc.ABC):
         Fixed schedules ignore it; adaptive schedules update their statistics and learned ones their
         variance-minimising gradient from it.
         """
+
+    def accumulate(self, logsnr: Tensor, loss: Tensor) -> None:
+        """Gradient accumulation: one micro-batch's λ and losses, before its backward; the schedule does not change
+        until :meth:`apply_accumulated` at the optimizer step. By default that makes one :meth:`update` with all
+        of the step's examples, the update of one batch as large as the k micro-batches together."""
+        self._pending.append((logsnr.detach(), loss.detach()))
+
+    def apply_accumulated(self) -> None:
+        """At the optimizer step, after the last micro-batch's backward: apply what :meth:`accumulate` gathered."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.update(torch.cat([p[0].reshape(-1) for p in pending]), torch.cat([p[1].reshape(-1) for p in pending]))
 
     def extra_repr(self) -> str:
         return f"logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max}"
