@@ -157,7 +157,7 @@ def test_discretized_decoder_is_a_distribution_that_resolves_levels_at_high_snr(
     x = L.levels(K)[torch.randint(0, K, (5, 1, 8, 8))]
     nll = [L.decoder_nll(x, P.diffuse(x, torch.full((5,), lam), torch.randn_like(x)), torch.full((5,), lam), K).mean()
            for lam in (4.0, 7.0, 10.0)]
-    assert nll[0] > nll[1] > nll[2] >= 0 and nll[2] < 1e-2 * 64  # log-SNR 10 makes the term negligible (design §8)
+    assert nll[0] > nll[1] > nll[2] >= 0 and nll[2] < 1e-2 * 64  # log-SNR 10 makes the term negligible (docs/datasets.md)
     torch.testing.assert_close(L.decode(P.alpha_sigma(torch.tensor(10.0))[0] * x, torch.full((5,), 10.0), K), x)
 
 

@@ -1,4 +1,4 @@
-"""Metrics: bits/dim (exact under DDP padding), the shipped digits classifier, FID and its design-§6 traps."""
+"""Metrics: bits/dim (exact under DDP padding), the shipped digits classifier, FID and its known traps (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -127,11 +127,11 @@ class DiffusionModule(L.LightningModule):
 
     Args:
         net: denoiser ``forward(z, logsnr)``.
-        schedule, weighting, parameterization: the three orthogonal choices of design §3.
+        schedule, weighting, parameterization: the three orthogonal choices of docs/architecture.md ("The one loss").
         num_levels, data_shape: K and the per-example shape, from the datamodule.
         optimizer: a (partial) ``torch.optim`` constructor taking the parameters.
         lr_scheduler: a partial taking the optimizer (stepped every optimizer step), or None.
-        time_sampler: ``(batch_size, *, generator, device) -> t``; low-discrepancy by default (design §3).
+        time_sampler: ``(batch_size, *, generator, device) -> t``; low-discrepancy by default (docs/architecture.md).
         timesteps: None for continuous time, else the number of discrete steps T (eq. A.38).
         ema_decay, ema_warmup: EMA of the weights used for evaluation and sampling.
         eval_num_samples: λ draws per example for val/test bits/dim.
@@ -143,7 +143,7 @@ class DiffusionModule(L.LightningModule):
             (0: never) and test/fid at the end
             against the test split, from ``num_samples`` EMA samples; ``feature: auto`` picks the shipped
             digits classifier for 8x8 digits and Inception-2048 otherwise.
-        seed: base seed of the training noise; each DDP rank offsets it (design §6).
+        seed: base seed of the training noise; each DDP rank offsets it (docs/architecture.md, "Known traps").
         nonfinite_patience: stop after this many consecutive non-finite steps (each is skipped).
         compile: ``torch.compile`` the denoiser for the training forward (the weights and checkpoint keys are
             those of the plain module).

@@ -2,7 +2,7 @@
 
 Data are quantized to K levels in [-1, 1] (level k at -1 + 2k/(K-1)); the decoder p(x|z_0) puts logits
 -½·SNR(0)·(z_0/α_0 - x_k)² on the K values, as in VDM. Evaluation always reports this unweighted bound
-(design §3), whatever weighting was trained.
+(docs/architecture.md, "The one loss"), whatever weighting was trained.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one loss (design §3): the importance-sampled weighted diffusion loss, eq. (4.123).
+"""The one loss (docs/architecture.md): the importance-sampled weighted diffusion loss, eq. (4.123).
 
     L_w(x) = ½ · E_{λ~p(λ), ε} [ w(λ)/p(λ) · ‖ε − ε̂(z_λ; λ)‖² ]
 

@@ -1,7 +1,7 @@
 """The six equivalent model parameterizations of §4.1: what the network outputs, and its map to ε̂ and x̂.
 
 Each parameterization is a linear map between the network output and (ε̂, x̂) given z_t and λ (Table 4.2),
-so the one loss is always written on ε (design §3) and a parameterization changes nothing else. The
+so the one loss is always written on ε (docs/architecture.md, "The one loss") and a parameterization changes nothing else. The
 ``flow`` output u = ε - x lives in rectified-flow coordinates (α + σ = 1); it is mapped to the VP latent
 by the rescaling z_rf = z_t/(α_t + σ_t) of eq. (A.45).
 

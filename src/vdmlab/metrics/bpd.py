@@ -4,7 +4,7 @@ val/test and ``python eval.py``) and a dataloader loop over it (``evaluate_bpd``
 The metric knows nothing about the model: the caller computes ``negative_elbo(...).total`` (nats per example,
 ``[B]``) and passes it to :meth:`BitsPerDim.update`; bits/dim = nats / (D · ln 2) is applied in ``compute``.
 
-Exact distributed evaluation (design §6). Lightning's ``DistributedSampler`` pads the dataset with duplicates
+Exact distributed evaluation (docs/architecture.md, traps). Lightning's ``DistributedSampler`` pads the dataset with duplicates
 of its first examples until it divides by the world size (7 examples on 2 ranks → 8, one duplicate), so
 summing per-rank statistics counts the padded examples twice. To count every example once:
 

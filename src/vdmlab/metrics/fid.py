@@ -1,4 +1,4 @@
-"""FID as a torchmetric whose feature extractor stays out of the LightningModule (design §6, FID traps).
+"""FID as a torchmetric whose feature extractor stays out of the LightningModule (docs/architecture.md, traps).
 
 :class:`FIDMetric` extends torchmetrics' ``FrechetInceptionDistance`` (its float64 feature sums, its DDP
 reduction, ``reset_real_features``) with:
@@ -240,7 +240,7 @@ class FIDMetric(FrechetInceptionDistance):
     ):
         extractor = build_extractor(feature, inception_path)
         super().__init__(feature=extractor, reset_real_features=reset_real_features, normalize=True, **kwargs)
-        # Out of registration: not in state_dict(), not reached by train()/half()/DDP (design §6).
+        # Out of registration: not in state_dict(), not reached by train()/half()/DDP (docs/architecture.md).
         del self._modules["inception"]
         object.__setattr__(self, "inception", extractor)
         extractor.requires_grad_(False).eval()
