@@ -228,3 +228,33 @@ def test_ddp_multirun_writes_exactly_one_folder_and_one_wandb_run_per_job(tmp_pa
     check_jobs(sweep, result.stdout)
     for job in ("0", "1"):
         assert sorted(p.name for p in (sweep / job / "samples").iterdir()) == ["final.png"]
+
+
+def test_compare_groups_runs_that_differ_only_by_seed_with_mean_and_standard_error(tmp_path):
+    values = {("elbo", 0): 3.0, ("elbo", 1): 3.2, ("elbo", 2): 3.4, ("edm", 0): 3.9, ("edm", 1): 4.1}
+    for job, ((weighting, seed), bpd) in enumerate(values.items()):
+        write_run(tmp_path / str(job), weighting, [{"epoch": 0, "step": 10, "val/bpd": bpd + 0.1},
+                                                    {"epoch": 0, "step": 10, "test/bpd": bpd, "test/fid": 10 * bpd,
+                                                     "test/fid_n": 200}],
+                  [f"weighting={weighting}", f"seed={seed}", "trainer.max_epochs=3"])
+        config = yaml.safe_load((tmp_path / str(job) / ".hydra" / "config.yaml").read_text())
+        (tmp_path / str(job) / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+    paths = compare(tmp_path)
+    with open(paths["seeds_csv"]) as f:
+        rows = {r["weighting"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"elbo", "edm"} and int(rows["elbo"]["seeds"]) == 3 and int(rows["edm"]["seeds"]) == 2
+    elbo = [values[("elbo", s)] for s in range(3)]
+    mean = sum(elbo) / 3
+    se = (sum((v - mean) ** 2 for v in elbo) / 2 / 3) ** 0.5  # sample std / sqrt(n)
+    assert abs(float(rows["elbo"]["test/bpd_mean"]) - mean) < 1e-9 and abs(float(rows["elbo"]["test/bpd_se"]) - se) < 1e-9
+    assert int(rows["edm"]["fid_count"]) == 2 and abs(float(rows["edm"]["fid_mean"]) - 40.0) < 1e-9
+    table = paths["markdown"].read_text()
+    assert "## Over seeds" in table and f"{mean:.4f} ± {se:.4f}" in table and "3 (0, 1, 2)" in table
+    assert paths["fid_vs_bpd"].stat().st_size > 0
+
+
+def test_compare_without_repeated_seeds_has_no_seed_table(tmp_path):
+    write_run(tmp_path / "0", "elbo", [{"epoch": 0, "step": 5, "val/bpd": 4.0}], ["weighting=elbo", "seed=0"])
+    write_run(tmp_path / "1", "edm", [{"epoch": 0, "step": 5, "val/bpd": 4.1}], ["weighting=edm", "seed=0"])
+    paths = compare(tmp_path)
+    assert "seeds_csv" not in paths and "Over seeds" not in paths["markdown"].read_text()

@@ -6,6 +6,11 @@ the run's summary. Writes into the folder ``compare.md`` and ``compare.csv`` (we
 test/bpd, FID with its sample count, steps, minutes) and two plots: ``compare_fid_vs_bpd.png`` (coloured by
 monotonicity; says so when no run logged FID) and ``compare_val_bpd.png`` (the val/bpd curves of all runs).
 
+Seeds are a sweep axis: runs that differ only by ``seed`` form one group (``python train.py -m weighting=a,b
+seed=0,1,2``), and when any group has several seeds ``compare.md`` adds a table of each metric as mean ± standard
+error over the seeds with the seed count, ``compare_seeds.csv`` holds it, and the FID-vs-bits/dim plot shows the
+groups with error bars (±1 s.e.).
+
 A sweep of ``python sample.py -m ... sampler.guidance=0,1,2,4`` (runs with a ``metrics.json`` that holds the
 guidance weight) is compared on guidance instead: the table lists FID (with its sample count) and the class
 accuracy of the samples per guidance weight, and ``compare_guidance.png`` plots both against the weight.
@@ -37,6 +42,7 @@ class RunSummary:
     steps: int | None = None
     minutes: float | None = None
     overrides: list[str] = field(default_factory=list)
+    seed: int | None = None
 
     @property
     def fid(self) -> tuple[float | None, int | None, str | None]:
@@ -105,7 +111,8 @@ def read_run(run_dir: Path, name: str) -> RunSummary:
     hydra = (yaml.safe_load((meta / "hydra.yaml").read_text()) or {}).get("hydra", {}) if (meta / "hydra.yaml").is_file() else {}
     overrides = yaml.safe_load((meta / "overrides.yaml").read_text()) if (meta / "overrides.yaml").is_file() else []
     weighting, monotonic = weighting_of(config, hydra)
-    summary = RunSummary(run=name, weighting=weighting, monotonic=monotonic, overrides=list(overrides or []))
+    summary = RunSummary(run=name, weighting=weighting, monotonic=monotonic, overrides=list(overrides or []),
+                         seed=config.get("seed"))
     metrics_csv = run_dir / "csv" / "metrics.csv"
     if metrics_csv.is_file():
         summary.metrics, summary.curves, summary.steps = read_metrics(metrics_csv)
@@ -123,6 +130,94 @@ def find_runs(sweep_dir: Path) -> list[RunSummary]:
     dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")},
                   key=lambda d: [int(part) if part.isdigit() else part for part in d.relative_to(sweep_dir).parts])
     return [read_run(d, str(d.relative_to(sweep_dir)) if d != sweep_dir else d.name) for d in dirs]
+
+
+SEED_METRICS = ("val/bpd", "test/bpd", "fid")
+
+
+def is_seed_override(override: str) -> bool:
+    """Whether a command-line override sets the seed (``seed=3``, ``+seed=3``, ``++seed=3``)."""
+    return override.lstrip("+").split("=", 1)[0] == "seed"
+
+
+@dataclass
+class SeedGroup:
+    """Runs that differ only by their seed: each metric as mean ± standard error over the seeds."""
+
+    weighting: str
+    monotonic: bool | None
+    overrides: tuple[str, ...]  # the group's overrides, the seed's aside
+    runs: list[RunSummary]
+
+    def values(self, key: str) -> list[float]:
+        """The runs' final values of ``key`` ("fid": test/fid, else val/fid), where logged."""
+        picked = [r.fid[0] if key == "fid" else r.metrics.get(key) for r in self.runs]
+        return [v for v in picked if v is not None]
+
+    def stat(self, key: str) -> tuple[float | None, float | None, int]:
+        """(mean, standard error of the mean = sample std / √n, n) of ``key`` over the seeds; s.e. None for n < 2."""
+        values = self.values(key)
+        n = len(values)
+        if n == 0:
+            return None, None, 0
+        mean = sum(values) / n
+        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
+        return mean, se, n
+
+    @property
+    def fid_n(self) -> int | None:
+        counts = {r.fid[1] for r in self.runs if r.fid[1] is not None}
+        return counts.pop() if len(counts) == 1 else None
+
+
+def group_by_seed(runs: list[RunSummary]) -> list[SeedGroup]:
+    """Runs grouped by everything but the seed (their weighting and their other overrides), in first-run order."""
+    groups: dict[tuple, SeedGroup] = {}
+    for r in runs:
+        rest = tuple(sorted(o for o in r.overrides if not is_seed_override(o)))
+        key = (r.weighting, rest)
+        groups.setdefault(key, SeedGroup(r.weighting, r.monotonic, rest, [])).runs.append(r)
+    return list(groups.values())
+
+
+def _mean_se(mean: float | None, se: float | None, digits: int = 4) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" if se is None else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def seeds_markdown(groups: list[SeedGroup]) -> str:
+    """Each group's metrics as mean ± standard error over its seeds, with the seed count."""
+    header = ["weighting", "monotonic", "seeds", "val/bpd", "test/bpd", "FID (n)", "overrides"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    shared = set.intersection(*(set(g.overrides) for g in groups)) if len(groups) > 1 else set()
+    for g in groups:
+        fid_mean, fid_se, _ = g.stat("fid")
+        fid = "n/a" if fid_mean is None else f"{_mean_se(fid_mean, fid_se, 2)} ({_cell(g.fid_n)})"
+        seeds = sorted(r.seed for r in g.runs if r.seed is not None)
+        cells = [g.weighting, _cell(g.monotonic), f"{len(g.runs)} ({', '.join(map(str, seeds))})",
+                 _mean_se(*g.stat("val/bpd")[:2]), _mean_se(*g.stat("test/bpd")[:2]), fid,
+                 " ".join(o for o in g.overrides if o not in shared) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = ["", "mean ± standard error over the seeds (sample standard deviation / √seeds); a difference between two "
+             "rows is meaningful only when it is large against both errors."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_seeds_csv(groups: list[SeedGroup], path: Path) -> Path:
+    """One row per seed group: every metric's mean, standard error and count."""
+    fields = ["weighting", "monotonic", "seeds", "overrides"]
+    fields += [f"{key}_{part}" for key in SEED_METRICS for part in ("mean", "se", "count")]  # count: seeds that logged it
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for g in groups:
+            row = {"weighting": g.weighting, "monotonic": g.monotonic, "seeds": len(g.runs),
+                   "overrides": " ".join(g.overrides)}
+            for key in SEED_METRICS:
+                row.update(dict(zip((f"{key}_mean", f"{key}_se", f"{key}_count"), g.stat(key))))
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return path
 
 
 def _cell(value: object) -> str:
@@ -168,8 +263,9 @@ def _bpd(run: RunSummary) -> float | None:
     return run.metrics.get("test/bpd", run.metrics.get("val/bpd"))
 
 
-def plot_fid_vs_bpd(runs: list[RunSummary], path: Path) -> Path:
-    """FID against bits/dim, one point per run coloured by monotonicity; without FID, bits/dim per run and a note."""
+def plot_fid_vs_bpd(runs: list[RunSummary], path: Path, groups: list[SeedGroup] | None = None) -> Path:
+    """FID against bits/dim coloured by monotonicity: one point per run, or with ``groups`` (several seeds) one
+    point per group at its means with ±1 standard-error bars; without FID, bits/dim per run and a note."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,7 +273,18 @@ def plot_fid_vs_bpd(runs: list[RunSummary], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     with_fid = [r for r in runs if r.fid[0] is not None and _bpd(r) is not None]
-    if with_fid:
+    if with_fid and groups:
+        for g in groups:
+            key = "test/bpd" if g.values("test/bpd") else "val/bpd"
+            (x, xerr, _), (y, yerr, _) = g.stat(key), g.stat("fid")
+            if x is None or y is None:
+                continue
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=COLORS[g.monotonic], capsize=3, ms=6)
+            ax.annotate(f"{g.weighting} (n={len(g.runs)})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        n = sorted({r.fid[1] for r in with_fid if r.fid[1] is not None})
+        ax.set(xlabel="bits/dim (test, else val): mean ± s.e. over seeds",
+               ylabel=f"FID@{'/'.join(map(str, n)) or '?'}", title="FID vs NLL over seeds")
+    elif with_fid:
         labels: dict[tuple[float, float], list[str]] = {}  # runs at the same point share one label
         for r in with_fid:
             ax.scatter(_bpd(r), r.fid[0], color=COLORS[r.monotonic], s=40)
@@ -312,10 +419,18 @@ def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
     sampled = [r for r in runs if "guidance" in r.metrics]  # a sample.py sweep
     if sampled:
         return compare_guidance(sampled, sweep_dir, out)
-    (out / "compare.md").write_text(f"# Compare: {sweep_dir.name}\n\n{markdown_table(runs)}")
-    return {
+    groups = group_by_seed(runs)
+    seeded = any(len(g.runs) > 1 for g in groups)
+    text = f"# Compare: {sweep_dir.name}\n\n{markdown_table(runs)}"
+    if seeded:
+        text += f"\n## Over seeds\n\n{seeds_markdown(groups)}"
+    (out / "compare.md").write_text(text)
+    paths = {
         "markdown": out / "compare.md",
         "csv": write_csv(runs, out / "compare.csv"),
-        "fid_vs_bpd": plot_fid_vs_bpd(runs, out / "compare_fid_vs_bpd.png"),
+        "fid_vs_bpd": plot_fid_vs_bpd(runs, out / "compare_fid_vs_bpd.png", groups if seeded else None),
         "val_bpd": plot_val_bpd(runs, out / "compare_val_bpd.png"),
     }
+    if seeded:
+        paths["seeds_csv"] = write_seeds_csv(groups, out / "compare_seeds.csv")
+    return paths
