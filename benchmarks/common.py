@@ -313,7 +313,8 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
         lr_scheduler=partial(linear_warmup, warmup_steps=200), time_sampler=partial(low_discrepancy_times),
         timesteps=None, ema_decay=0.999, ema_warmup=True,
         eval_num_samples=1 if eval_num_samples is None else eval_num_samples,
-        sampler={"fn": partial(ancestral), "steps": 250, "clip_x": True, "schedule": None}, fid=None, seed=seed,
+        sampler={"fn": partial(ancestral), "steps": 250, "clip_x": True, "schedule": None,
+                 "guidance": 0.0, "guidance_logsnr_min": None, "guidance_logsnr_max": None}, fid=None, seed=seed,
         nonfinite_patience=20, compile=compile, channels_last=channels_last,
     )
     return Built(datamodule, module, "python")
