@@ -18,7 +18,8 @@ import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["01_forward_process", "02_parameterizations", "03_weightings", "04_invariance_and_variance", "05_hole_problem"]
+EXPECTED = ["01_forward_process", "02_parameterizations", "03_weightings", "04_invariance_and_variance", "05_hole_problem",
+            "06_weighting_comparison"]
 CELL_TIMEOUT_S = 300
 MAX_BYTES = 1_000_000
 
