@@ -134,15 +134,15 @@ class TruncatedSchedule(Schedule, abc.ABC):
 
     def _g_c(self, rho: Tensor) -> Tensor:
         """ḡ(ρ) = g(1 - ρ), accurate for small ρ (``two_tailed`` schedules)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is one-tailed (two_tailed=False): it has no complementary map ḡ")
 
     def _g_inv_c(self, logsnr: Tensor) -> Tensor:
         """ḡ⁻¹(λ) = 1 - g⁻¹(λ), accurate where it is small (``two_tailed`` schedules)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is one-tailed (two_tailed=False): it has no complementary map ḡ⁻¹")
 
     def _dg_c(self, rho: Tensor) -> Tensor:
         """ḡ'(ρ) = g'(1 - ρ), accurate for small ρ (``two_tailed`` schedules)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is one-tailed (two_tailed=False): it has no complementary map ḡ'")
 
     def _tau(self, t: Tensor) -> Tensor:
         return self.tau0 + self.span * t
