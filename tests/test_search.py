@@ -37,13 +37,29 @@ def test_cpu_time_budget_rejects_a_non_positive_budget():
 
 @pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
+    # No paths.* override: the default paths resolve below the launch folder although Optuna's sweeper reads the
+    # sweep folder before Hydra has set its config (where ${hydra:runtime.cwd} cannot be resolved).
     cmd = [sys.executable, str(REPO / "train.py"), "-m", "hparams_search=digits_optuna", "hydra.sweeper.n_trials=2",
            "hydra.sweeper.sampler.n_startup_trials=2", "callbacks.cpu_budget.seconds=2", "module.eval_num_samples=1",
-           f"paths.log_dir={tmp_path}", "~callbacks.sample_grid", "~callbacks.schedule_plot"]
+           "~callbacks.sample_grid", "~callbacks.schedule_plot"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Best parameters" in out.stdout + out.stderr
-    sweep = next((tmp_path / "hparams_search" / "multiruns").iterdir())
+    assert "HydraConfig was not set" not in out.stderr
+    sweep = next((tmp_path / "outputs" / "hparams_search" / "multiruns").iterdir())
     assert (sweep / "optimization_results.yaml").is_file()
     trials = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(trials) == 2 and all((t / "csv" / "metrics.csv").is_file() for t in trials)
+
+
+def test_launch_dir_is_hydras_cwd_once_set_and_the_process_cwd_before(tmp_path, monkeypatch, make_config):
+    from hydra.core.hydra_config import HydraConfig
+
+    from vdmlab.resolvers import launch_dir
+
+    monkeypatch.chdir(tmp_path)
+    HydraConfig.instance().cfg = None  # as at on_multirun_start / sweeper.setup
+    assert launch_dir() == str(tmp_path)
+    cfg = make_config()  # sets HydraConfig with runtime.cwd = the test's run folder
+    assert launch_dir() == cfg.hydra.runtime.cwd != str(tmp_path)
+    assert cfg.paths.root_dir == cfg.hydra.runtime.cwd

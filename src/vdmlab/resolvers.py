@@ -26,6 +26,7 @@ is even and the half is >= 4, channel multipliers [1, 2, 2, ...], self-attention
 from __future__ import annotations
 
 import math
+import os
 
 from omegaconf import OmegaConf
 
@@ -67,7 +68,22 @@ def unet_attention(image_size: int) -> list[int]:
     return [max(small)] if small else []
 
 
+def launch_dir() -> str:
+    """Where the command was started: Hydra's ``runtime.cwd`` once Hydra has set its config, else the process's cwd.
+
+    ``${hydra:runtime.cwd}`` cannot be resolved before Hydra sets its config, and a sweeper plugin (Optuna's) and
+    the multirun callbacks read ``hydra.sweep.dir``, which lies below ``paths.root_dir``, before that; with
+    ``hydra.job.chdir=false`` both are the same folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.cwd)
+    return os.getcwd()
+
+
 RESOLVERS = {
+    "vdmlab.launch_dir": launch_dir,
     "vdmlab.logsnr_max": logsnr_max_for_levels,
     "vdmlab.unet_channel_mults": unet_channel_mults,
     "vdmlab.unet_attention": unet_attention,
