@@ -235,7 +235,7 @@ def test_compare_groups_runs_that_differ_only_by_seed_with_mean_and_standard_err
     for job, ((weighting, seed), bpd) in enumerate(values.items()):
         write_run(tmp_path / str(job), weighting, [{"epoch": 0, "step": 10, "val/bpd": bpd + 0.1},
                                                     {"epoch": 0, "step": 10, "test/bpd": bpd, "test/fid": 10 * bpd,
-                                                     "test/fid_n": 200}],
+                                                     "test/fid_n": 200, "test/fid_floor": 2.0 + seed}],
                   [f"weighting={weighting}", f"seed={seed}", "trainer.max_epochs=3"])
         config = yaml.safe_load((tmp_path / str(job) / ".hydra" / "config.yaml").read_text())
         (tmp_path / str(job) / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
@@ -248,8 +248,10 @@ def test_compare_groups_runs_that_differ_only_by_seed_with_mean_and_standard_err
     se = (sum((v - mean) ** 2 for v in elbo) / 2 / 3) ** 0.5  # sample std / sqrt(n)
     assert abs(float(rows["elbo"]["test/bpd_mean"]) - mean) < 1e-9 and abs(float(rows["elbo"]["test/bpd_se"]) - se) < 1e-9
     assert int(rows["edm"]["fid_count"]) == 2 and abs(float(rows["edm"]["fid_mean"]) - 40.0) < 1e-9
+    assert abs(float(rows["elbo"]["fid_floor_mean"]) - 3.0) < 1e-9 and int(rows["edm"]["fid_floor_count"]) == 2
     table = paths["markdown"].read_text()
     assert "## Over seeds" in table and f"{mean:.4f} ± {se:.4f}" in table and "3 (0, 1, 2)" in table
+    assert "FID floor" in table and "3.00 ± 0.58" in table  # floors 2, 3, 4: s.e. 1/√3
     assert paths["fid_vs_bpd"].stat().st_size > 0
 
 

@@ -53,6 +53,12 @@ class RunSummary:
                 return self.metrics[f"{stage}/fid"], (int(n) if n is not None else None), f"{stage}/fid"
         return None, None, None
 
+    @property
+    def fid_floor(self) -> float | None:
+        """The real-vs-real FID floor logged beside :attr:`fid` (same stage and sample count), if any."""
+        key = self.fid[2]
+        return None if key is None else self.metrics.get(f"{key}_floor")
+
     def row(self) -> dict[str, object]:
         fid, fid_n, _ = self.fid
         return {
@@ -132,7 +138,7 @@ def find_runs(sweep_dir: Path) -> list[RunSummary]:
     return [read_run(d, str(d.relative_to(sweep_dir)) if d != sweep_dir else d.name) for d in dirs]
 
 
-SEED_METRICS = ("val/bpd", "test/bpd", "fid")
+SEED_METRICS = ("val/bpd", "test/bpd", "fid", "fid_floor")
 
 
 def is_seed_override(override: str) -> bool:
@@ -150,8 +156,9 @@ class SeedGroup:
     runs: list[RunSummary]
 
     def values(self, key: str) -> list[float]:
-        """The runs' final values of ``key`` ("fid": test/fid, else val/fid), where logged."""
-        picked = [r.fid[0] if key == "fid" else r.metrics.get(key) for r in self.runs]
+        """The runs' final values of ``key`` ("fid": test/fid, else val/fid; "fid_floor": its floor), where logged."""
+        special = {"fid": lambda r: r.fid[0], "fid_floor": lambda r: r.fid_floor}
+        picked = [special[key](r) if key in special else r.metrics.get(key) for r in self.runs]
         return [v for v in picked if v is not None]
 
     def stat(self, key: str) -> tuple[float | None, float | None, int]:
@@ -188,7 +195,7 @@ def _mean_se(mean: float | None, se: float | None, digits: int = 4) -> str:
 
 def seeds_markdown(groups: list[SeedGroup]) -> str:
     """Each group's metrics as mean ± standard error over its seeds, with the seed count."""
-    header = ["weighting", "monotonic", "seeds", "val/bpd", "test/bpd", "FID (n)", "overrides"]
+    header = ["weighting", "monotonic", "seeds", "val/bpd", "test/bpd", "FID (n)", "FID floor", "overrides"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     shared = set.intersection(*(set(g.overrides) for g in groups)) if len(groups) > 1 else set()
     for g in groups:
@@ -197,10 +204,12 @@ def seeds_markdown(groups: list[SeedGroup]) -> str:
         seeds = sorted(r.seed for r in g.runs if r.seed is not None)
         cells = [g.weighting, _cell(g.monotonic), f"{len(g.runs)} ({', '.join(map(str, seeds))})",
                  _mean_se(*g.stat("val/bpd")[:2]), _mean_se(*g.stat("test/bpd")[:2]), fid,
+                 _mean_se(*g.stat("fid_floor")[:2], 2),
                  " ".join(o for o in g.overrides if o not in shared) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", "mean ± standard error over the seeds (sample standard deviation / √seeds); a difference between two "
-             "rows is meaningful only when it is large against both errors."]
+             "rows is meaningful only when it is large against both errors. FID floor: the real-vs-real FID of as many real "
+             "training images (what a perfect model scores)."]
     return "\n".join(lines + notes) + "\n"
 
 
