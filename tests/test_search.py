@@ -63,3 +63,49 @@ def test_launch_dir_is_hydras_cwd_once_set_and_the_process_cwd_before(tmp_path, 
     cfg = make_config()  # sets HydraConfig with runtime.cwd = the test's run folder
     assert launch_dir() == cfg.hydra.runtime.cwd != str(tmp_path)
     assert cfg.paths.root_dir == cfg.hydra.runtime.cwd
+
+
+def write_search(folder, values):
+    """A search folder as hparams_search writes it: per trial .hydra/{config,hydra,overrides}.yaml and metrics.json."""
+    import json
+
+    import yaml
+
+    sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+               "params": {"model.width": "choice(32, 64)", "module.optimizer.lr": "tag(log, interval(1e-4, 1e-2))",
+                          "schedule": "choice(linear, cosine)"}}
+    for number, (params, value) in enumerate(values):
+        meta = folder / str(number) / ".hydra"
+        meta.mkdir(parents=True)
+        (meta / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+        (meta / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+        (meta / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in params.items()]))
+        if value is not None:
+            (folder / str(number) / "metrics.json").write_text(json.dumps({"val/bpd": value}))
+
+
+def test_search_report_ranks_trials_and_finds_the_parameter_that_decides_the_objective(tmp_path):
+    import random
+
+    from vdmlab.analysis.compare import compare
+    from vdmlab.analysis.search import importances, read_trials, search_space
+
+    rng = random.Random(0)
+    values = []
+    for _ in range(16):  # the objective is decided by the width; lr and schedule are noise
+        params = {"model.width": rng.choice([32, 64]), "module.optimizer.lr": 10 ** rng.uniform(-4, -2),
+                  "schedule": rng.choice(["linear", "cosine"])}
+        values.append((params, 2.0 + (0.5 if params["model.width"] == 32 else 0.0) + rng.gauss(0, 0.01)))
+    values.append(({"model.width": 64, "module.optimizer.lr": 1e-3, "schedule": "linear"}, None))  # unfinished
+    write_search(tmp_path, values)
+    space = search_space(tmp_path)
+    assert set(space) == {"model.width", "module.optimizer.lr", "schedule"}
+    trials = read_trials(tmp_path, space)
+    assert len(trials) == 16 and all(isinstance(t.params["model.width"], int) for t in trials)
+    shares = importances(trials, space)
+    assert abs(sum(shares.values()) - 1) < 1e-6 and max(shares, key=shares.get) == "model.width"
+    table = compare(tmp_path)["markdown"].read_text()
+    assert "## Search" in table and "16 finished trials" in table and "| model.width |" in table
+    ranked = [line for line in table.split("## Search")[1].splitlines() if line.startswith("| 1 |")]
+    best = min(trials, key=lambda t: t.value)
+    assert ranked and f"| {best.number} | {best.value:.4f} | 64 |" in ranked[0]

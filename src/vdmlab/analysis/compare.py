@@ -11,6 +11,9 @@ seed=0,1,2``), and when any group has several seeds ``compare.md`` adds a table 
 error over the seeds with the seed count, ``compare_seeds.csv`` holds it, and the FID-vs-bits/dim plot shows the
 groups with error bars (±1 s.e.).
 
+A hyperparameter search (``-m hparams_search=...``) adds the trials ranked by objective and each parameter's
+importance (:mod:`vdmlab.analysis.search`).
+
 A sweep of ``python sample.py -m ... sampler.guidance=0,1,2,4`` (runs with a ``metrics.json`` that holds the
 guidance weight) is compared on guidance instead: the table lists FID (with its sample count) and the class
 accuracy of the samples per guidance weight, and ``compare_guidance.png`` plots both against the weight.
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from vdmlab.analysis.search import is_search, search_markdown
 
 COLUMNS = ("run", "weighting", "monotonic", "val/bpd", "test/bpd", "fid", "fid_n", "steps", "minutes", "overrides")
 COLORS = {True: "tab:blue", False: "tab:orange", None: "tab:gray"}
@@ -433,6 +438,8 @@ def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
     text = f"# Compare: {sweep_dir.name}\n\n{markdown_table(runs)}"
     if seeded:
         text += f"\n## Over seeds\n\n{seeds_markdown(groups)}"
+    if is_search(sweep_dir):
+        text += f"\n## Search\n\n{search_markdown(sweep_dir)}"
     (out / "compare.md").write_text(text)
     paths = {
         "markdown": out / "compare.md",
