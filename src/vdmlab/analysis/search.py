@@ -126,7 +126,7 @@ def search_markdown(sweep_dir: Path) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for rank, t in enumerate(trials, 1):
         cells = [str(rank), str(t.number), f"{t.value:.4f}"]
-        cells += [f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-")) for k in keys]
+        cells += [f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-")) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     text = f"{len(trials)} finished trials, best first; objective {OBJECTIVE} (lower is better).\n\n" + "\n".join(lines)
     try:
