@@ -282,13 +282,14 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
                  compile: bool = False, channels_last: bool = False, eval_num_samples: int | None = None,
                  seed: int = 0, network: str = "default") -> Built:
     """The default run without Hydra: a mirror of conf/train.yaml and its default groups (dataset=digits,
-    model=unet, schedule=linear, weighting=elbo, sampler=ancestral, fid=null), checked against them by the tests.
+    model=unet, schedule=cosine, weighting=elbo, sampler=ancestral, fid=null, and the digits' dataset_defaults and
+    dataset_model), checked against them by the tests.
     ``network="cifar"``: the same run with the CIFAR-size UNet (:data:`CIFAR_NETWORK`) on random 3x32x32 images."""
     from vdmlab.data import DigitsDataModule
     from vdmlab.diffusion import parameterization as P
     from vdmlab.diffusion.losses import low_discrepancy_times
     from vdmlab.diffusion.sampling import ancestral
-    from vdmlab.diffusion.schedules import LinearSchedule
+    from vdmlab.diffusion.schedules import CosineSchedule
     from vdmlab.diffusion.weighting import ELBOWeighting
     from vdmlab.models import UNet
     from vdmlab.module import DiffusionModule
@@ -299,20 +300,21 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
     torch.manual_seed(seed)
     if network == "cifar":
         datamodule = synthetic_images(batch_size or 128, seed)
-        shape = {**CIFAR_NETWORK, "width": width or CIFAR_NETWORK["width"]}
-    else:
+        shape = {**CIFAR_NETWORK, "width": width or CIFAR_NETWORK["width"], "dropout": 0.0,
+                 "fourier_min_exp": None, "fourier_max_exp": None}
+    else:  # conf/dataset_model/digits_unet.yaml
         datamodule = DigitsDataModule(batch_size=batch_size or 128, eval_batch_size=180, num_workers=0, seed=seed)
-        shape = {"width": width or 64, "channel_mults": [1], "num_res_blocks": 4, "attention_resolutions": []}
-    net = UNet(**shape, dropout=0.0, groups=8, emb_dim=None, fourier_min_exp=None, fourier_max_exp=None, num_heads=1,
-               data_shape=datamodule.data_shape)
+        shape = {"width": width or 32, "channel_mults": [1], "num_res_blocks": 6, "attention_resolutions": [],
+                 "dropout": 0.2, "fourier_min_exp": 2, "fourier_max_exp": 3}
+    net = UNet(**shape, groups=8, emb_dim=None, num_heads=1, data_shape=datamodule.data_shape)
     module = DiffusionModule(
-        net=net, schedule=LinearSchedule(logsnr_min=-5.0, logsnr_max=10.0), weighting=ELBOWeighting(),
+        net=net, schedule=CosineSchedule(logsnr_min=-7.0, logsnr_max=8.0), weighting=ELBOWeighting(),
         parameterization=classes[parameterization](), num_levels=datamodule.num_levels,
         data_shape=datamodule.data_shape,
-        optimizer=partial(torch.optim.AdamW, lr=1.0e-3, betas=[0.9, 0.99], weight_decay=0.0),
-        lr_scheduler=partial(linear_warmup, warmup_steps=200), time_sampler=partial(low_discrepancy_times),
-        timesteps=None, ema_decay=0.999, ema_warmup=True,
-        eval_num_samples=1 if eval_num_samples is None else eval_num_samples,
+        optimizer=partial(torch.optim.AdamW, lr=3.0e-3, betas=[0.9, 0.99], weight_decay=0.0),  # dataset_defaults/digits
+        lr_scheduler=partial(linear_warmup, warmup_steps=0), time_sampler=partial(low_discrepancy_times),
+        timesteps=None, ema_decay=0.9995, ema_warmup=True,
+        eval_num_samples=4 if eval_num_samples is None else eval_num_samples,
         sampler={"fn": partial(ancestral), "steps": 250, "clip_x": True, "schedule": None,
                  "guidance": 0.0, "guidance_logsnr_min": None, "guidance_logsnr_max": None}, fid=None, seed=seed,
         nonfinite_patience=20, compile=compile, channels_last=channels_last,

@@ -18,11 +18,9 @@ CHANGES=(
   "default|"
   "no_fourier|model.fourier_min_exp=null model.fourier_max_exp=null"
   "no_dropout|model.dropout=0.0"
-  "schedule_cosine|schedule=cosine"
+  "schedule_linear|schedule=linear"
   "schedule_learned|schedule=learned"
-  "ema_0.999|module.ema_decay=0.999"
   "logsnr_-5_10|diffusion.logsnr_min=-5.0 diffusion.logsnr_max=10.0"
-  "width_half|model.width=32"
 )
 run_one() {
   local name=${1%%|*} overrides=${1#*|}

@@ -44,7 +44,7 @@ def test_logsnr_max_rule_puts_the_decoder_noise_at_a_third_of_half_a_level():
         lam = logsnr_max_for_levels(k)
         assert math.exp(-lam / 2) * DECODER_MARGIN == pytest.approx(1.0 / (k - 1), rel=1e-2)
     assert logsnr_max_for_levels(256) == pytest.approx(13.3, abs=0.05)  # VDM's γ_min = -13.3
-    assert logsnr_max_for_levels(17) < 10.0  # the digits' 10 is above the rule's minimum
+    assert logsnr_max_for_levels(17) < 8.0  # the digits' searched 8 is above the rule's minimum
     with pytest.raises(ValueError, match="num_levels"):
         logsnr_max_for_levels(1)
 
@@ -90,9 +90,15 @@ def test_choosing_a_dataset_sets_its_endpoints_and_network(dataset, k, make_conf
         assert list(cfg.model.attention_resolutions) == unet_attention(size)
 
 
-def test_digits_keep_their_defaults(make_config):
+def test_digits_get_their_searched_recipe_and_explicit_overrides_still_win(make_config):
     cfg = make_config([])
-    assert (cfg.schedule.logsnr_max, list(cfg.model.channel_mults), cfg.model.width) == (10.0, [1], 64)
+    assert cfg.schedule.logsnr_max >= logsnr_max_for_levels(17) and list(cfg.model.channel_mults) == [1]
+    assert (cfg.model.fourier_min_exp, cfg.model.fourier_max_exp) == (2, 3)  # periods of about two bins of 17 levels
+    assert cfg.trainer.max_epochs % cfg.trainer.check_val_every_n_epoch == 0  # the last epoch is validated
+    cfg = make_config(["diffusion.logsnr_max=10", "module.optimizer.lr=1e-3", "trainer.max_epochs=7",
+                       "model.fourier_min_exp=null", "model.fourier_max_exp=null"])
+    assert (cfg.schedule.logsnr_max, cfg.module.optimizer.lr, cfg.trainer.max_epochs) == (10.0, 1e-3, 7)
+    assert cfg.model.fourier_min_exp is None
 
 
 def test_explicit_overrides_win(make_config):

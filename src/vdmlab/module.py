@@ -170,7 +170,7 @@ class DiffusionModule(L.LightningModule):
         timesteps: int | None = None,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
-        eval_num_samples: int = 1,
+        eval_num_samples: int = 4,
         sampler: dict | None = None,
         fid: dict | None = None,
         seed: int = 0,

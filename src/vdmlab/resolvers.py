@@ -12,7 +12,7 @@ reconstruction term is negligible only when the noise e^{-λ_max/2} is well belo
 
 a level is missed with probability 2Φ(-3) = 0.27 % and the decoder term of data on the grid is ≈ 0.011 bits/dim
 for every K (tests/test_dataset_defaults.py measures it). K = 256 gives 13.28 (VDM's γ_min = -13.3), K = 17
-gives 7.74 (the digits keep 10, above this minimum, so that their recorded results stay comparable).
+gives 7.74 (the digits use 8, the value their Optuna search chose, above this minimum).
 
 λ_min (the prior term) needs no rule per dataset: D_KL(q(z_1|x)‖N(0,1)) per dimension is
 ½(α²(x² - 1) - log σ²) ≤ -½ log σ² = ½ log(1 + e^{λ_min}) nats for x ∈ [-1, 1], so λ_min = -5 bounds it by
