@@ -260,3 +260,18 @@ def test_compare_without_repeated_seeds_has_no_seed_table(tmp_path):
     write_run(tmp_path / "1", "edm", [{"epoch": 0, "step": 5, "val/bpd": 4.1}], ["weighting=edm", "seed=0"])
     paths = compare(tmp_path)
     assert "seeds_csv" not in paths and "Over seeds" not in paths["markdown"].read_text()
+
+
+def test_seed_groups_of_one_weighting_are_told_apart_by_their_other_overrides(tmp_path):
+    from vdmlab.analysis.compare import find_runs, group_by_seed, group_label
+
+    for job, (schedule, seed) in enumerate((("linear", 0), ("linear", 1), ("learned", 0), ("learned", 1))):
+        write_run(tmp_path / str(job), "elbo", [{"epoch": 0, "step": 10, "val/bpd": 3.0 + job},
+                                                {"epoch": 1, "step": 20, "val/bpd": 2.5 + job}],
+                  [f"seed={seed}", f"schedule={schedule}", "trainer.max_epochs=3"])
+        config = yaml.safe_load((tmp_path / str(job) / ".hydra" / "config.yaml").read_text())
+        (tmp_path / str(job) / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+    groups = group_by_seed(find_runs(tmp_path))
+    shared = set.intersection(*(set(g.overrides) for g in groups))
+    assert [group_label(g, shared) for g in groups] == ["elbo schedule=linear (n=2)", "elbo schedule=learned (n=2)"]
+    assert compare(tmp_path)["val_bpd"].stat().st_size > 0  # one mean curve with its band per group

@@ -288,13 +288,14 @@ def plot_fid_vs_bpd(runs: list[RunSummary], path: Path, groups: list[SeedGroup] 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     with_fid = [r for r in runs if r.fid[0] is not None and _bpd(r) is not None]
     if with_fid and groups:
+        shared = set.intersection(*(set(g.overrides) for g in groups)) if len(groups) > 1 else set()
         for g in groups:
             key = "test/bpd" if g.values("test/bpd") else "val/bpd"
             (x, xerr, _), (y, yerr, _) = g.stat(key), g.stat("fid")
             if x is None or y is None:
                 continue
             ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=COLORS[g.monotonic], capsize=3, ms=6)
-            ax.annotate(f"{g.weighting} (n={len(g.runs)})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(group_label(g, shared), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         n = sorted({r.fid[1] for r in with_fid if r.fid[1] is not None})
         ax.set(xlabel="bits/dim (test, else val): mean ± s.e. over seeds",
                ylabel=f"FID@{'/'.join(map(str, n)) or '?'}", title="FID vs NLL over seeds")
@@ -314,33 +315,61 @@ def plot_fid_vs_bpd(runs: list[RunSummary], path: Path, groups: list[SeedGroup] 
         ax.set(ylabel="bits/dim (test, else val)", title="no FID logged: bits/dim only")
         ax.text(0.5, 0.95, "FID not logged by any run (no val/fid or test/fid)", transform=ax.transAxes,
                 ha="center", va="top", fontsize=9, bbox={"facecolor": "white", "alpha": 0.8})
+    floors = [r.fid_floor for r in runs if r.fid_floor is not None]
+    if floors and (with_fid or groups):  # what a perfect model scores: the scale on which FID is read
+        ax.axhline(sum(floors) / len(floors), color="gray", linestyle="--", linewidth=1,
+                   label=f"real-vs-real floor ({sum(floors) / len(floors):.2f})")
     for monotonic, label in ((True, "monotonic"), (False, "non-monotonic")):
         ax.scatter([], [], color=COLORS[monotonic], label=label)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def plot_val_bpd(runs: list[RunSummary], path: Path) -> Path:
-    """The val/bpd curves of all runs against the training step; solid monotonic, dashed non-monotonic."""
+def group_label(group: SeedGroup, shared: set[str]) -> str:
+    """A seed group's name in plots: its weighting and the overrides that set it apart from the other groups."""
+    rest = [o for o in group.overrides if o not in shared and not o.startswith("weighting=")]
+    return " ".join([group.weighting, *rest]) + f" (n={len(group.runs)})"
+
+
+def plot_val_bpd(runs: list[RunSummary], path: Path, groups: list[SeedGroup] | None = None) -> Path:
+    """The val/bpd curves against the training step; solid monotonic, dashed non-monotonic. With ``groups`` (several
+    seeds) one curve per group, the mean over its seeds at the steps they share, with a ±1 standard-error band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for r in runs:
-        curve = r.curves.get("val/bpd", [])
-        if curve:
-            steps, values = zip(*curve)
-            ax.plot(steps, values, marker="." if len(curve) < 20 else None,
-                    linestyle="-" if r.monotonic is not False else "--", label=f"{r.weighting} ({r.run})")
+    if groups:
+        shared = set.intersection(*(set(g.overrides) for g in groups)) if len(groups) > 1 else set()
+        for i, g in enumerate(groups):
+            curves = [dict(r.curves["val/bpd"]) for r in g.runs if r.curves.get("val/bpd")]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            mean = [sum(c[t] for c in curves) / len(curves) for t in steps]
+            se = [math.sqrt(sum((c[t] - m) ** 2 for c in curves) / (len(curves) - 1) / len(curves))
+                  if len(curves) > 1 else 0.0 for t, m in zip(steps, mean)]
+            ax.plot(steps, mean, color=f"C{i % 10}", marker="." if len(steps) < 20 else None,
+                    linestyle="-" if g.monotonic is not False else "--", label=group_label(g, shared))
+            ax.fill_between(steps, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)],
+                            color=f"C{i % 10}", alpha=0.2, linewidth=0)
+    else:
+        for r in runs:
+            curve = r.curves.get("val/bpd", [])
+            if curve:
+                steps, values = zip(*curve)
+                ax.plot(steps, values, marker="." if len(curve) < 20 else None,
+                        linestyle="-" if r.monotonic is not False else "--", label=f"{r.weighting} ({r.run})")
     if not any(r.curves.get("val/bpd") for r in runs):
         ax.text(0.5, 0.5, "no val/bpd logged", transform=ax.transAxes, ha="center")
-    ax.set(xlabel="step", ylabel="val/bpd", title="validation bits/dim (solid: monotonic, dashed: non-monotonic)")
-    ax.legend(fontsize=7, ncol=2)
+    title = "validation bits/dim (solid: monotonic, dashed: non-monotonic)"
+    ax.set(xlabel="step", ylabel="val/bpd", title=title + ("\nmean over seeds ± s.e." if groups else ""))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -445,7 +474,7 @@ def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
         "markdown": out / "compare.md",
         "csv": write_csv(runs, out / "compare.csv"),
         "fid_vs_bpd": plot_fid_vs_bpd(runs, out / "compare_fid_vs_bpd.png", groups if seeded else None),
-        "val_bpd": plot_val_bpd(runs, out / "compare_val_bpd.png"),
+        "val_bpd": plot_val_bpd(runs, out / "compare_val_bpd.png", groups if seeded else None),
     }
     if seeded:
         paths["seeds_csv"] = write_seeds_csv(groups, out / "compare_seeds.csv")
