@@ -259,7 +259,8 @@ def test_checkpoint_round_trip_restores_the_schedule(schedule, make_config, tmp_
     t = torch.linspace(0, 1, 101)
     with torch.no_grad():
         torch.testing.assert_close(restored.logsnr(t), trained.logsnr(t), rtol=0, atol=0)
-        assert trained.logsnr(torch.tensor([0.0, 1.0])).tolist() == [10.0, -5.0]  # still exact after training
+        ends = [trained.logsnr_max, trained.logsnr_min]  # the configured endpoints
+        assert trained.logsnr(torch.tensor([0.0, 1.0])).tolist() == ends  # still exact after training
 
 
 def test_learned_endpoints_train_with_the_elbo(make_config, tmp_path):
@@ -288,6 +289,7 @@ def test_variance_command_writes_a_table(make_config, tmp_path, capsys):
 def test_train_py_learned_schedule_subprocess(tmp_path):
     cmd = [sys.executable, "train.py", "schedule=learned", "weighting=sigmoid", "trainer.max_epochs=2",
            "sampler.steps=10", "callbacks.schedule_plot.every_n_epochs=1", "fid.num_samples=100", "fid.steps=5",
+           "trainer.check_val_every_n_epoch=1",
            "logger=csv", f"paths.log_dir={tmp_path}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
@@ -301,7 +303,7 @@ def test_train_py_learned_schedule_subprocess(tmp_path):
     assert "train/loss_variance" in header
     schedule = build_from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt")).module.schedule
     assert isinstance(schedule, LS.LearnedSchedule)
-    assert schedule.logsnr(torch.tensor([0.0, 1.0])).tolist() == [10.0, -5.0]
+    assert schedule.logsnr(torch.tensor([0.0, 1.0])).tolist() == [schedule.logsnr_max, schedule.logsnr_min]
 
 
 @pytest.mark.parametrize("make", [lambda: LS.LearnedSchedule(-30.0, 30.0, hidden=16, lr_multiplier=1.0),

@@ -22,7 +22,8 @@ EPOCHS = 8
 def sweep_command(sweep_dir, weightings="elbo,sigmoid"):
     return [sys.executable, str(REPO / "train.py"), "-m", f"weighting={weightings}", f"hydra.sweep.dir={sweep_dir}",
             "model.width=16", "model.num_res_blocks=1", f"trainer.max_epochs={EPOCHS}", "fid=null", "logger=csv",
-            "test=false", "~callbacks.sample_grid", "~callbacks.schedule_plot", "threads=1"]
+            "test=false", "~callbacks.sample_grid", "~callbacks.schedule_plot", "threads=1",
+            "trainer.check_val_every_n_epoch=1"]  # a checkpoint every epoch: job 1 is killed mid-run
 
 
 @pytest.mark.slow
