@@ -1,5 +1,7 @@
 """Worker processes for the DDP tests, importable without Lightning so that spawned ranks start quickly."""
 
+import pickle
+
 import torch
 
 from vdmlab.diffusion import learned_schedules as LS
@@ -12,10 +14,17 @@ def run_ranks(target, world: int, init_file: str) -> list:
     procs = [ctx.Process(target=target, args=(r, world, init_file, queue)) for r in range(world)]
     for p in procs:
         p.start()
-    results = [queue.get() for _ in procs]
+    results = [pickle.loads(queue.get()) for _ in procs]
     for p in procs:
         p.join(timeout=60)
     return results
+
+
+def put(queue, result) -> None:
+    """Send a rank's result by value. Through the queue's own pickler torch shares tensor storage by file descriptor,
+    which the parent must fetch from the still-running child: a rank that exits first (a loaded machine) resets the
+    connection. Plain pickle copies the data, so the result survives its sender."""
+    queue.put(pickle.dumps(result))
 
 
 def schedule_statistics(rank: int, world: int, init_file: str, queue) -> None:
@@ -30,7 +39,7 @@ def schedule_statistics(rank: int, world: int, init_file: str, queue) -> None:
         learned(torch.rand(50, generator=gen))
     holder = learned._armed[-1]
     learned.update(logsnr, loss)
-    queue.put((rank, logsnr, loss, adaptive.ema_sum.clone(), adaptive.ema_weight.clone(), holder[0].clone()))
+    put(queue, (rank, logsnr, loss, adaptive.ema_sum.clone(), adaptive.ema_weight.clone(), holder[0].clone()))
     torch.distributed.destroy_process_group()
 
 
@@ -54,7 +63,7 @@ def ode_bpd_shard(rank: int, world: int, init_file: str, queue) -> None:
         refusal = ""
     except RuntimeError as err:
         refusal = str(err)
-    queue.put((rank, result, refusal))
+    put(queue, (rank, result, refusal))
     torch.distributed.destroy_process_group()
 
 
