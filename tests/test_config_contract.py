@@ -35,7 +35,10 @@ def option_config(base: DictConfig, group: str, option: str, tmp_path: Path) -> 
         node = compose_config(tmp_path / "composed", [f"{group}={option}"])[group]
     with open_dict(cfg):
         cfg[group] = node
-        partner = {("dataset", "toy2d"): ("model", "mlp"), ("model", "mlp"): ("dataset", "toy2d")}.get((group, option))
+        partner = {("dataset", "toy2d"): ("model", "mlp"), ("model", "mlp"): ("dataset", "toy2d"),
+                   # weightings defined through p(λ) need a fixed schedule (check_weighting_schedule)
+                   ("weighting", "simple"): ("schedule", "cosine"),
+                   ("weighting", "min_snr"): ("schedule", "cosine")}.get((group, option))
         if partner:  # flat data need the MLP and the MLP needs flat data
             cfg[partner[0]] = OmegaConf.load(REPO / "conf" / partner[0] / f"{partner[1]}.yaml")
         if (group, option) == ("dataset", "image_folder"):
@@ -196,3 +199,12 @@ def test_every_error_is_listed_with_its_key(make_config):
                  "fid.num_samples=1 is invalid: it must be an integer >= 2",
                  f"schedule.logsnr_min=20 and schedule.logsnr_max={cfg.schedule.logsnr_max} are invalid"):
         assert text in message
+
+
+@pytest.mark.parametrize("weighting", ["simple", "min_snr"])
+def test_a_density_defined_weighting_with_a_moving_schedule_is_refused_with_the_fix(make_config, weighting):
+    for schedule in ("adaptive", "learned"):
+        with pytest.raises(ConfigError, match=f"weighting={weighting} with schedule={schedule} is invalid.*schedule=cosine"):
+            validate_config(make_config([f"weighting={weighting}", f"schedule={schedule}"]))
+    validate_config(make_config([f"weighting={weighting}", "schedule=cosine"]))  # a fixed p(λ): fine
+    validate_config(make_config(["weighting=sigmoid", "schedule=adaptive"]))  # w(λ) alone: fine

@@ -79,8 +79,9 @@ def validate_config(cfg: DictConfig) -> None:
         attempt("", lambda: check_preset(cfg, datamodule.data_shape, datamodule.num_levels))
         attempt("dataset.", lambda: datamodule.num_classes)  # conditional=true needs a dataset with labels
         attempt("model.", lambda: instantiate(cfg.model, data_shape=datamodule.data_shape))
-    for group in ("schedule", "weighting", "parameterization"):
-        attempt(f"{group}.", lambda group=group: instantiate(cfg[group]))
+    built = {group: attempt(f"{group}.", lambda group=group: instantiate(cfg[group]))
+             for group in ("schedule", "weighting", "parameterization")}
+    attempt("", lambda: check_weighting_schedule(cfg, built["weighting"], built["schedule"]))
     schedule = cfg.sampler.get("schedule")
     if isinstance(schedule, DictConfig):
         schedule = attempt("sampler.schedule.", lambda: instantiate(cfg.sampler.schedule))
@@ -100,6 +101,20 @@ def validate_config(cfg: DictConfig) -> None:
         attempt("module.time_sampler.", lambda: instantiate(cfg.module.time_sampler))
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def check_weighting_schedule(cfg: DictConfig, weighting: Any, schedule: Any) -> None:
+    """A weighting defined through the training schedule's p(λ) (simple, min_snr) with a schedule whose p(λ) moves
+    while training (learned, adaptive): the objective would chase the schedule fitted to it."""
+    if not (getattr(weighting, "reads_density", False) and getattr(schedule, "adapts", False)):
+        return
+    choices = cfg.get("hydra", {}).get("runtime", {}).get("choices", {})
+    w, s = choices.get("weighting", type(weighting).__name__), choices.get("schedule", type(schedule).__name__)
+    raise ConfigError(
+        f"weighting={w} with schedule={s} is invalid: weighting={w} is defined through the training schedule's "
+        f"density p(λ), and schedule={s} changes p(λ) while training (the adaptive one fits it to w(λ)·loss), so the "
+        f"objective follows its own schedule and collapses onto a narrow range of λ. Use a fixed schedule, e.g. "
+        f"schedule=cosine (as experiment=weighting_study does).")
 
 
 def check_preset(cfg: DictConfig, data_shape: tuple[int, ...], num_levels: int) -> None:

@@ -71,6 +71,8 @@ class LearnedSchedule(Schedule):
     module adds the ELBO's prior and decoder terms (eq. 3.60) for them (``trainable_endpoints``).
     """
 
+    adapts = True
+
     def __init__(self, logsnr_min: float, logsnr_max: float, hidden: int = 1024, learn_endpoints: bool = False, *,
                  lr_multiplier: float):
         self.learn_endpoints = check_bool("learn_endpoints", learn_endpoints)
@@ -250,6 +252,8 @@ class AdaptiveSchedule(Schedule):
     ``update(logsnr, loss)`` recovers w‖ε - ε̂‖² = 2·L·p(λ) from the per-example loss L = ½·w/p·‖ε - ε̂‖² of
     the continuous-time objective (eq. 4.123) under the density that drew λ (the current one).
     """
+
+    adapts = True
 
     def __init__(self, logsnr_min: float, logsnr_max: float, num_bins: int = 100, ema_decay: float = 0.99,
                  uniform_mix: float = 0.05):

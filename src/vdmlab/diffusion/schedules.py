@@ -41,6 +41,7 @@ class Schedule(nn.Module, abc.ABC):
 
     #: True when the endpoints are parameters trained by the ELBO (the module then adds the prior and decoder terms).
     trainable_endpoints: bool = False
+    adapts: bool = False  # p(λ) changes while training (learned, adaptive)
 
     def _set_endpoints(self, logsnr_min: float, logsnr_max: float) -> None:
         """Store the (checked) endpoints; fixed schedules keep them as Python floats."""

@@ -22,6 +22,7 @@ class Weighting:
 
     monotonic: bool = True
     name: str = "weighting"
+    reads_density: bool = False  # w is defined through the training schedule's p(λ) (simple, min_snr)
 
     def __call__(self, logsnr: Tensor, p_logsnr: Tensor | None = None) -> Tensor:
         return self.weight(logsnr, p_logsnr)
@@ -114,6 +115,8 @@ class SimpleWeighting(Weighting):
     monotonicity is that of p(λ); it is reported as non-monotonic (true for every schedule here but ``linear``).
     """
 
+    reads_density = True
+
     name = "simple"
     monotonic = False
 
@@ -129,6 +132,8 @@ class MinSNRWeighting(Weighting):
 
     w(λ) = p(λ)·min(1, γ e^{-λ}), so γ → ∞ recovers ``simple``. Non-monotonic in general.
     """
+
+    reads_density = True
 
     name = "min_snr"
     monotonic = False
