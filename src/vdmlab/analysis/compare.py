@@ -151,6 +151,18 @@ def is_seed_override(override: str) -> bool:
     return override.lstrip("+").split("=", 1)[0] == "seed"
 
 
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (sample standard deviation / √n) of ``values``; s.e. None for n < 2."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else None)
+
+
+def shared_overrides(items: list) -> set[str]:
+    """The overrides every run or seed group has (so a table or plot shows only what sets each apart)."""
+    return set.intersection(*(set(i.overrides) for i in items)) if len(items) > 1 else set()
+
+
 @dataclass
 class SeedGroup:
     """Runs that differ only by their seed: each metric as mean ± standard error over the seeds."""
@@ -169,12 +181,7 @@ class SeedGroup:
     def stat(self, key: str) -> tuple[float | None, float | None, int]:
         """(mean, standard error of the mean = sample std / √n, n) of ``key`` over the seeds; s.e. None for n < 2."""
         values = self.values(key)
-        n = len(values)
-        if n == 0:
-            return None, None, 0
-        mean = sum(values) / n
-        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
-        return mean, se, n
+        return (*mean_se(values), len(values)) if values else (None, None, 0)
 
     @property
     def fid_n(self) -> int | None:
@@ -202,7 +209,7 @@ def seeds_markdown(groups: list[SeedGroup]) -> str:
     """Each group's metrics as mean ± standard error over its seeds, with the seed count."""
     header = ["weighting", "monotonic", "seeds", "val/bpd", "test/bpd", "FID (n)", "FID floor", "overrides"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    shared = set.intersection(*(set(g.overrides) for g in groups)) if len(groups) > 1 else set()
+    shared = shared_overrides(groups)
     for g in groups:
         fid_mean, fid_se, _ = g.stat("fid")
         fid = "n/a" if fid_mean is None else f"{_mean_se(fid_mean, fid_se, 2)} ({_cell(g.fid_n)})"
@@ -248,7 +255,7 @@ def markdown_table(runs: list[RunSummary]) -> str:
     """The comparison as a markdown table, with a note when no run logged FID."""
     header = ["run", "weighting", "monotonic", "val/bpd", "test/bpd", "FID (n)", "steps", "minutes", "sweep overrides"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    shared = set.intersection(*(set(r.overrides) for r in runs)) if len(runs) > 1 else set()
+    shared = shared_overrides(runs)
     for r in runs:
         row = r.row()
         fid = "n/a" if row["fid"] is None else f"{row['fid']:.2f} ({_cell(row['fid_n'])})"
@@ -288,7 +295,7 @@ def plot_fid_vs_bpd(runs: list[RunSummary], path: Path, groups: list[SeedGroup] 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     with_fid = [r for r in runs if r.fid[0] is not None and _bpd(r) is not None]
     if with_fid and groups:
-        shared = set.intersection(*(set(g.overrides) for g in groups)) if len(groups) > 1 else set()
+        shared = shared_overrides(groups)
         for g in groups:
             key = "test/bpd" if g.values("test/bpd") else "val/bpd"
             (x, xerr, _), (y, yerr, _) = g.stat(key), g.stat("fid")
@@ -344,15 +351,14 @@ def plot_val_bpd(runs: list[RunSummary], path: Path, groups: list[SeedGroup] | N
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     if groups:
-        shared = set.intersection(*(set(g.overrides) for g in groups)) if len(groups) > 1 else set()
+        shared = shared_overrides(groups)
         for i, g in enumerate(groups):
             curves = [dict(r.curves["val/bpd"]) for r in g.runs if r.curves.get("val/bpd")]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if not steps:
                 continue
-            mean = [sum(c[t] for c in curves) / len(curves) for t in steps]
-            se = [math.sqrt(sum((c[t] - m) ** 2 for c in curves) / (len(curves) - 1) / len(curves))
-                  if len(curves) > 1 else 0.0 for t, m in zip(steps, mean)]
+            mean, se = zip(*(mean_se([c[t] for c in curves]) for t in steps))
+            se = [e or 0.0 for e in se]
             ax.plot(steps, mean, color=f"C{i % 10}", marker="." if len(steps) < 20 else None,
                     linestyle="-" if g.monotonic is not False else "--", label=group_label(g, shared))
             ax.fill_between(steps, [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)],
