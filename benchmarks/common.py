@@ -333,6 +333,18 @@ def build_default(config: str = "auto", network: str = "default", **kwargs) -> B
     return build_python(**kwargs)
 
 
+def network_summary(net: torch.nn.Module) -> dict:
+    """The benchmarked network as built: its width (output channels of its first convolution, else of its first linear layer) and parameter count."""
+    convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    width = convs[0] if convs else next((m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)), None)
+    return {"model_width": width, "model_params": sum(p.numel() for p in net.parameters())}
+
+
+def built_network_summary(config: str = "auto", network: str = "default", width: int | None = None) -> dict:
+    """:func:`network_summary` of the network a benchmark builds (the config's default unless ``width`` is set)."""
+    return network_summary(build_default(config, network=network, width=width).module.net)
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory window (CUDA; on the CPU the peak RSS of the process cannot be reset)."""
     if device.type == "cuda":

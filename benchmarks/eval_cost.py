@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="device: batches gathered on the device (dataset.on_device); dataloader: the host DataLoader")
     p.add_argument("--parameterization", default="eps", choices=common.PARAMETERIZATIONS)
     p.add_argument("--repeats", type=int, default=None, help="timed evaluations per setting (default 3; quick 1)")
-    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")
+    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's; quick 16)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 128; quick 8)")
     args = p.parse_args(argv)
     args.num_samples = args.num_samples or ([1, 2] if args.quick else [1, 8, 32])
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = common.setup(args)
     info = common.machine(device)
     rows, settings = measure(args, device)
-    settings.update(num_samples=args.num_samples, repeats=args.repeats, model_width=args.width or 64)
+    settings.update(num_samples=args.num_samples, repeats=args.repeats, **common.built_network_summary(args.config, width=args.width))
     payload = {"benchmark": NAME, "command": common.command_line("eval_cost.py", argv), "quick": args.quick,
                "machine": info, "settings": settings, "results": rows}
     path = common.write_json(common.output_path(NAME, device, args), payload)

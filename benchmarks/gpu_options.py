@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default 40; quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 10; quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="runs per option (default 1)")
-    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")
+    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's; quick 16)")
     p.add_argument("--parameterization", default="eps", choices=common.PARAMETERIZATIONS)
     p.add_argument("--network", default="default", choices=common.NETWORKS,
                    help="cifar: the CIFAR-size UNet (benchmarks/common.py:CIFAR_NETWORK) on random 3x32x32 images")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
               "compiled modules were given a truth value in this process (see compile_workaround)")
     payload = {"benchmark": NAME, "command": common.command_line("gpu_options.py", argv), "quick": q, "machine": info,
                "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
-                            "repeats": args.repeats, "model_width": args.width or 64,
+                            "repeats": args.repeats, **common.built_network_summary(args.config, network=args.network, width=args.width),
                             "parameterization": args.parameterization, "network": args.network,
                             "compile_batch_sizes": args.compile_batch_sizes},
                "compile_workaround_applied": workaround, "complete": False, "results": []}

@@ -105,7 +105,7 @@ def diffusion_baseline(args, device) -> dict:
             "steps_per_s": trainer.global_step / train_seconds, "eval_num_samples": args.eval_samples,
             "test_seconds": test_seconds, "test_bpd": metrics.get("test/bpd"), "test_bpd_se": metrics.get("test/bpd_se"),
             "test_terms": {k.split("/", 1)[1]: v for k, v in metrics.items()}, "config_source": built.source,
-            "model_width": args.width or 64}
+            **common.network_summary(built.module.net)}
 
 
 def report(payload: dict) -> str:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dequant-draws", type=int, default=None, help="dequantization draws per val/test image (default 16)")
     p.add_argument("--budget", type=float, default=None, help="diffusion training seconds (default 180; quick 2)")
     p.add_argument("--eval-samples", type=int, default=None, help="λ draws per test example (default 32; quick 2)")
-    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")
+    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's; quick 16)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the config's 128)")
     p.add_argument("--skip-gmm", action="store_true")
     p.add_argument("--skip-diffusion", action="store_true")

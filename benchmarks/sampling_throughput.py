@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", nargs="+", type=int, default=None, help="default 50 250 1000 (quick 2 4)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="images per sampler call (default 128; quick 8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per setting (default 3; quick 1)")
-    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")
+    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's; quick 16)")
     args = p.parse_args(argv)
     args.steps = args.steps or ([2, 4] if args.quick else [50, 250, 1000])
     args.batch_sizes = args.batch_sizes or ([8] if args.quick else [128])
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = common.output_path(NAME, device, args)
     payload = {"benchmark": NAME, "command": common.command_line("sampling_throughput.py", argv), "quick": args.quick,
                "machine": info, "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps,
-                                             "repeats": args.repeats, "model_width": args.width or 64},
+                                             "repeats": args.repeats, **common.built_network_summary(args.config, width=args.width)},
                "complete": False, "results": []}
 
     def emit(rows):  # after every setting: a run stopped early keeps what it measured

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default 40; quick 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 10; quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; quick 1)")
-    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's 64; quick 16)")
+    p.add_argument("--width", type=int, default=None, help="model.width (default: the config's; quick 16)")
     p.add_argument("--networks", nargs="+", default=["default"], choices=common.NETWORKS,
                    help="default: conf/model/unet.yaml on digits; cifar: the CIFAR-size UNet on random 3x32x32 images")
     p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": info, "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
                          "timed_steps": args.steps - args.warmup, "repeats": args.repeats,
-                         "model_width": args.width or 64, "config_source": part["config_source"]},
+                         "networks_built": {n: common.built_network_summary(args.config, network=n, width=args.width) for n in args.networks},
+                         "config_source": part["config_source"]},
             "networks": args.networks, "complete": (network, batch_size) == (args.networks[-1], args.batch_sizes[-1]),
             "goal_ratio": 0.95,
             "min_ratio": min(r["ratio"] for r in result["rows"]),

@@ -47,6 +47,15 @@ def test_class_histogram_sums_to_n_and_flags_missing_classes():
     result = class_histogram(logits, 10)
     assert sum(result[f"class_{c}"] for c in range(10)) == 5
     assert result["class_0"] == 2 and result["class_3"] == 2 and result["classes_missing"] == 7
+    assert result["class_max_min"] == float("inf")
+
+
+def test_class_flatness_statistics_separate_a_uniform_from_a_skewed_histogram():
+    uniform = class_histogram(torch.nn.functional.one_hot(torch.arange(1000) % 10, 10).double(), 10)
+    assert uniform["class_max_min"] == 1.0 and uniform["class_chi2_p"] == 1.0
+    skewed_labels = torch.cat([torch.arange(900) % 10, torch.full((100,), 9)])  # 90 of each, 190 nines
+    skewed = class_histogram(torch.nn.functional.one_hot(skewed_labels, 10).double(), 10)
+    assert skewed["class_max_min"] == 190 / 90 and skewed["class_chi2_p"] < 1e-6
 
 
 def test_recorded_digits_features_give_fid_and_the_histogram_of_real_digits():
@@ -64,5 +73,7 @@ def test_recorded_digits_features_give_fid_and_the_histogram_of_real_digits():
     result = sample_metrics(real, fake, recorder.extractor, kid_blocks=5)
     assert sum(result[f"class_{c}"] for c in range(10)) == len(x) - half
     assert result["classes_missing"] == 0  # held-out real digits contain every class
+    # the real half's flatness is reported beside the samples' as their reference
+    assert 1 <= result["class_max_min_real"] < float("inf") and 0 <= result["class_chi2_p_real"] <= 1
     assert abs(result["kid"]) < 4 * result["kid_se"] + 1e-3  # two halves of one split
     assert float(metric.compute()) >= 0

@@ -94,22 +94,33 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]
             "recall": coverage_fraction(real, fake, knn_radii(fake, k))}
 
 
-def class_histogram(logits: Tensor, num_classes: int) -> dict[str, int]:
-    """Counts of the argmax classes ``{"class_0": n_0, …, "classes_missing": number of classes never predicted}``."""
-    counts = torch.bincount(logits.argmax(1), minlength=num_classes)
+def class_histogram(logits: Tensor, num_classes: int) -> dict[str, float]:
+    """Counts of the argmax classes ``{"class_0": n_0, …}`` and how flat they are: ``classes_missing`` (classes
+    never predicted), ``class_max_min`` (largest count over smallest; inf when a class is missing) and
+    ``class_chi2_p`` (p-value of Pearson's χ² test of a uniform class distribution, C − 1 degrees of freedom)."""
+    from scipy.stats import chi2
+
+    counts = torch.bincount(logits.argmax(1), minlength=num_classes).double()
     result = {f"class_{c}": int(n) for c, n in enumerate(counts.tolist())}
     result["classes_missing"] = int((counts == 0).sum())
+    result["class_max_min"] = float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
+    expected = counts.sum() / num_classes
+    result["class_chi2_p"] = float(chi2.sf(float(((counts - expected) ** 2 / expected).sum()), num_classes - 1))
     return result
 
 
 def sample_metrics(real: Tensor, fake: Tensor, extractor: nn.Module, k: int = 3, kid_blocks: int = 10,
                    seed: int = 0) -> dict[str, float]:
-    """KID (with s.e.), precision/recall and, for the digits classifier's features, the class histogram of ``fake``."""
+    """KID (with s.e.), precision/recall and, for the digits classifier's features, the class histogram of ``fake``
+    (and its flatness statistics for ``real`` as ``class_max_min_real``, ``class_chi2_p_real``: the reference)."""
     result = {**kid(real, fake, kid_blocks, seed), **precision_recall(real, fake, k)}
     classifier = getattr(extractor, "classifier", None)
     if classifier is not None and hasattr(classifier, "head"):
+        head = classifier.head
         with torch.no_grad():
-            head = classifier.head
-            logits = head(fake.to(dtype=head.weight.dtype, device=head.weight.device))
-        result.update(class_histogram(logits, head.out_features))
+            logits_fake, logits_real = (head(f.to(dtype=head.weight.dtype, device=head.weight.device))
+                                        for f in (fake, real))
+        result.update(class_histogram(logits_fake, head.out_features))
+        reference = class_histogram(logits_real, head.out_features)
+        result.update({f"{key}_real": reference[key] for key in ("class_max_min", "class_chi2_p")})
     return result
