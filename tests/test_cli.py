@@ -132,7 +132,8 @@ def test_help_lists_every_group_with_its_options_and_examples():
 
 def test_fid_rows_carry_their_sample_count_and_every_row_a_description():
     table = format_table({"test/bpd": 1.25, "test/fid": 12.25, "test/fid_n": 1000.0, "val/fid": 30.0,
-                          "val/fid_n": 200.0, "val/fid_n_real": 360, "train/loss_variance": 2.0})
+                          "val/fid_n": 200.0, "val/fid_n_real": 360, "train/loss_variance": 2.0, "test/class_7": 60,
+                          "test/classes_missing": 0, "test/class_max_min": 2.28, "test/class_chi2_p": 0.01})
     lines = table.splitlines()
     assert not any(line.split()[0].endswith(("fid_n", "fid_n_real")) for line in lines)
     assert "12.2500  (FID@1000)" in next(line for line in lines if line.split()[0] == "test/fid")

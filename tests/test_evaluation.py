@@ -86,6 +86,9 @@ def test_eval_py_and_sample_py_run_on_the_checkpoint(trained, tmp_path):
     assert "16 samples from" in (run_dir / "sample.log").read_text() and "samples.npz" in result.stdout
     levels = np.linspace(-1, 1, 17, dtype=np.float32)
     assert np.isclose(x[..., None], levels, atol=1e-6).any(-1).all()  # decoded to the 17 data levels
+    metrics = json.loads((run_dir / "metrics.json").read_text())  # unconditional digits: the class histogram
+    assert sum(metrics[f"class_{c}"] for c in range(10)) == 16 and metrics["fid_n"] == 16
+    assert metrics["class_max_min"] >= 1 and 0 <= metrics["class_chi2_p"] <= 1
 
 
 class SevenValDigits(DigitsDataModule):

@@ -36,6 +36,11 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "fid_floor_n": "real train images in the FID floor",
     "bpd_uncond": "negative ELBO of p(x) with the null label (a conditional model), bits/dim",
     "class_acc": "fraction of samples the digits classifier assigns to the label they were drawn for",
+    "classes_missing": "digits the classifier never assigns a sample to",
+    "class_max_min": "largest class count over the smallest (1: flat; inf: a digit is missing)",
+    "class_chi2_p": "p-value of Pearson's χ² test of uniform classes (small: not flat)",
+    "class_max_min_real": "class_max_min of the split's real images: the reference",
+    "class_chi2_p_real": "class_chi2_p of the split's real images: the reference",
     "ode_bpd": "probability-flow ODE likelihood, dequantized: a bound on -log p(x) of the ODE model, bits/dim",
     "ode_bpd_se": "standard error of ode_bpd over the examples",
     "ode_bpd_iw": "importance-weighted dequantization bound over ode.num_draws draws, bits/dim",
@@ -61,7 +66,10 @@ FOLDED = {"fid_n": "fid", "fid_n_real": "fid", "fid_std": "fid", "fid_repeats": 
 
 def describe(key: str) -> str:
     """The one-line description of a metric row (empty when there is none)."""
-    return METRIC_DESCRIPTIONS.get(key) or METRIC_DESCRIPTIONS.get(key.rsplit("/", 1)[-1], "")
+    name = key.rsplit("/", 1)[-1]
+    if name.startswith("class_") and name[len("class_"):].isdigit():
+        return f"samples the digits classifier assigns to class {name[len('class_'):]}"
+    return METRIC_DESCRIPTIONS.get(key) or METRIC_DESCRIPTIONS.get(name, "")
 
 
 def fid_scale(rows: dict[str, float | int | str], stage: str, name: str = "fid") -> str:

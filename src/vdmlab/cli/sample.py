@@ -3,7 +3,8 @@
 Class-conditional checkpoints take ``label=3`` (every sample of class 3) or ``labels=all`` (every class equally
 often, a grid row per class), and ``sampler.guidance=w`` for classifier-free guidance. ``metrics.json`` holds the
 FID of the samples against a split (digits-classifier features on the 8x8 digits) and, on the digits, the class
-accuracy of the samples: the fraction that the shipped classifier assigns to the label they were drawn for.
+accuracy of the samples (the fraction that the shipped classifier assigns to the label they were drawn for) or, for
+unconditional samples, their class histogram and its flatness.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vdmlab.cli.common import format_table, pick_device
 from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
 from vdmlab.metrics.fid import FIDMetric, fid_feature
+from vdmlab.metrics.sample_metrics import class_histogram
 from vdmlab.module import GUIDANCE_KEYS
 
 log = logging.getLogger("vdmlab")
@@ -51,7 +53,8 @@ def sample_labels(cfg: DictConfig, num_classes: int | None, device) -> tuple[Ten
 
 
 def fid_and_class_accuracy(module, built, x: Tensor, labels: Tensor | None, cfg: DictConfig, device) -> dict[str, float]:
-    """FID of the samples against ``metrics_split`` (with its sample count) and, on the digits, their class accuracy."""
+    """FID of the samples against ``metrics_split`` (with its sample count) and, on the digits, their class accuracy
+    (class-conditional samples) or class histogram with its flatness (unconditional ones)."""
     feature = fid_feature(cfg.fid.feature, module.data_shape, module.num_levels)
     if cfg.metrics == "auto" and feature != "digits":
         return {}
@@ -66,6 +69,10 @@ def fid_and_class_accuracy(module, built, x: Tensor, labels: Tensor | None, cfg:
     classifier = getattr(metric.extractor, "classifier", None)
     if labels is not None and classifier is not None:
         result["class_acc"] = float(class_matches(classifier, x.to(device), labels).float().mean())
+    elif classifier is not None:  # unconditional: which digits were drawn, and how evenly
+        with torch.no_grad():
+            logits = classifier(x.to(device).float())
+        result.update(class_histogram(logits, logits.shape[1]))
     return result
 
 
