@@ -282,7 +282,7 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
                  compile: bool = False, channels_last: bool = False, eval_num_samples: int | None = None,
                  seed: int = 0, network: str = "default") -> Built:
     """The default run without Hydra: a mirror of conf/train.yaml and its default groups (dataset=digits,
-    model=unet, schedule=adaptive, weighting=elbo, sampler=ancestral, fid=null, and the digits' dataset_defaults and
+    model=unet, schedule=adaptive, weighting=sigmoid, sampler=ancestral, fid=null, and the digits' dataset_defaults and
     dataset_model), checked against them by the tests.
     ``network="cifar"``: the same run with the CIFAR-size UNet (:data:`CIFAR_NETWORK`) on random 3x32x32 images."""
     from vdmlab.data import DigitsDataModule
@@ -290,7 +290,7 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
     from vdmlab.diffusion.losses import low_discrepancy_times
     from vdmlab.diffusion.sampling import ancestral
     from vdmlab.diffusion.learned_schedules import AdaptiveSchedule
-    from vdmlab.diffusion.weighting import ELBOWeighting
+    from vdmlab.diffusion.weighting import SigmoidWeighting
     from vdmlab.models import UNet
     from vdmlab.module import DiffusionModule
     from vdmlab.optim import linear_warmup
@@ -309,7 +309,7 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
     net = UNet(**shape, groups=8, emb_dim=None, num_heads=1, data_shape=datamodule.data_shape)
     module = DiffusionModule(
         net=net, schedule=AdaptiveSchedule(logsnr_min=-7.0, logsnr_max=8.0, num_bins=100, ema_decay=0.99,
-                                           uniform_mix=0.05), weighting=ELBOWeighting(),
+                                           uniform_mix=0.05), weighting=SigmoidWeighting(bias=2.0),
         parameterization=classes[parameterization](), num_levels=datamodule.num_levels,
         data_shape=datamodule.data_shape,
         optimizer=partial(torch.optim.AdamW, lr=3.0e-3, betas=[0.9, 0.99], weight_decay=0.0),  # dataset_defaults/digits
