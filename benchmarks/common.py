@@ -305,7 +305,7 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
     else:  # conf/dataset_model/digits_unet.yaml
         datamodule = DigitsDataModule(batch_size=batch_size or 128, eval_batch_size=180, num_workers=0, seed=seed)
         shape = {"width": width or 32, "channel_mults": [1], "num_res_blocks": 6, "attention_resolutions": [],
-                 "dropout": 0.2, "fourier_min_exp": 2, "fourier_max_exp": 3}
+                 "dropout": 0.0, "fourier_min_exp": 2, "fourier_max_exp": 3}
     net = UNet(**shape, groups=8, emb_dim=None, num_heads=1, data_shape=datamodule.data_shape)
     module = DiffusionModule(
         net=net, schedule=AdaptiveSchedule(logsnr_min=-7.0, logsnr_max=8.0, num_bins=100, ema_decay=0.99,
