@@ -51,6 +51,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--config", default="auto", choices=("auto", "hydra", "python"),
                    help="how the default run is built: Hydra compose (auto when installed) or the Python mirror")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="set",
+                   help="further python train.py overrides for the run built (Hydra route only), e.g. "
+                        "model.width=64 model.num_res_blocks=4")
     return p
 
 
@@ -216,8 +219,9 @@ def hydra_available() -> bool:
 
 def overrides(parameterization: str = "eps", batch_size: int | None = None, width: int | None = None,
               compile: bool = False, channels_last: bool = False, eval_num_samples: int | None = None,
-              seed: int = 0) -> list[str]:
-    """The ``python train.py`` overrides that describe a benchmark run (FID off: benchmarks never compute it)."""
+              seed: int = 0, extra: Sequence[str] = ()) -> list[str]:
+    """The ``python train.py`` overrides that describe a benchmark run (FID off: benchmarks never compute it),
+    then ``extra`` (``--set``), which win."""
     out = [f"parameterization={parameterization}", f"seed={seed}", "fid=null",
            f"module.compile={str(compile).lower()}", f"module.channels_last={str(channels_last).lower()}"]
     if batch_size is not None:
@@ -226,7 +230,7 @@ def overrides(parameterization: str = "eps", batch_size: int | None = None, widt
         out.append(f"model.width={width}")
     if eval_num_samples is not None:
         out.append(f"module.eval_num_samples={eval_num_samples}")
-    return out
+    return out + list(extra)
 
 
 def compose(overrides_: Sequence[str]):
@@ -280,11 +284,14 @@ def synthetic_images(batch_size: int, seed: int = 0, shape: tuple[int, ...] = (3
 
 def build_python(parameterization: str = "eps", batch_size: int | None = None, width: int | None = None,
                  compile: bool = False, channels_last: bool = False, eval_num_samples: int | None = None,
-                 seed: int = 0, network: str = "default") -> Built:
+                 seed: int = 0, network: str = "default", extra: Sequence[str] = ()) -> Built:
     """The default run without Hydra: a mirror of conf/train.yaml and its default groups (dataset=digits,
     model=unet, schedule=adaptive, weighting=sigmoid, sampler=ancestral, fid=null, and the digits' dataset_defaults and
     dataset_model), checked against them by the tests.
     ``network="cifar"``: the same run with the CIFAR-size UNet (:data:`CIFAR_NETWORK`) on random 3x32x32 images."""
+    if extra:
+        raise SystemExit(f"--set {' '.join(extra)}: config overrides need the Hydra route (hydra-core installed, "
+                         f"--config auto|hydra, the default network); the Python mirror builds the defaults only")
     from vdmlab.data import DigitsDataModule
     from vdmlab.diffusion import parameterization as P
     from vdmlab.diffusion.losses import low_discrepancy_times
@@ -340,9 +347,11 @@ def network_summary(net: torch.nn.Module) -> dict:
     return {"model_width": width, "model_params": sum(p.numel() for p in net.parameters())}
 
 
-def built_network_summary(config: str = "auto", network: str = "default", width: int | None = None) -> dict:
-    """:func:`network_summary` of the network a benchmark builds (the config's default unless ``width`` is set)."""
-    return network_summary(build_default(config, network=network, width=width).module.net)
+def built_network_summary(config: str = "auto", network: str = "default", width: int | None = None,
+                          extra: Sequence[str] = ()) -> dict:
+    """:func:`network_summary` of the network a benchmark builds (the config's default unless ``width`` or
+    ``extra`` overrides say otherwise)."""
+    return network_summary(build_default(config, network=network, width=width, extra=extra).module.net)
 
 
 def reset_peak_memory(device: torch.device) -> None:

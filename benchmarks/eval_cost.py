@@ -37,7 +37,7 @@ def trained_run(args, device) -> tuple[common.Built, int]:
         run = build_from_checkpoint(args.ckpt)
         return common.Built(run.datamodule, run.module.to(device), "checkpoint"), int(run.module.ema.num_updates)
     built = common.build_default(args.config, parameterization=args.parameterization, width=args.width,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, extra=args.set)
     if args.train_steps:
         common.make_trainer(device, max_steps=args.train_steps).fit(built.module, datamodule=built.datamodule)
     return common.Built(built.datamodule, built.module.to(device), built.source), args.train_steps
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = common.setup(args)
     info = common.machine(device)
     rows, settings = measure(args, device)
-    settings.update(num_samples=args.num_samples, repeats=args.repeats, **common.built_network_summary(args.config, width=args.width))
+    settings.update(num_samples=args.num_samples, repeats=args.repeats, **common.built_network_summary(args.config, width=args.width, extra=args.set))
     payload = {"benchmark": NAME, "command": common.command_line("eval_cost.py", argv), "quick": args.quick,
                "machine": info, "settings": settings, "results": rows}
     path = common.write_json(common.output_path(NAME, device, args), payload)

@@ -82,7 +82,7 @@ def measure_option(args, device, batch_size: int, option: str) -> dict:
         for _ in range(args.repeats):
             built = common.build_default(args.config, network=args.network, parameterization=args.parameterization,
                                          batch_size=batch_size, width=args.width, compile=compile_,
-                                         channels_last=channels_last)
+                                         channels_last=channels_last, extra=args.set)
             runs.append(lightning_run(built, device, args.steps, args.warmup, precision=precision))
     except Exception as error:  # noqa: BLE001 - one failing option is a result, not the end of the run
         return {**row, "error": f"{type(error).__name__}: {error}"[:300], "losses_finite": False}
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
               "compiled modules were given a truth value in this process (see compile_workaround)")
     payload = {"benchmark": NAME, "command": common.command_line("gpu_options.py", argv), "quick": q, "machine": info,
                "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
-                            "repeats": args.repeats, **common.built_network_summary(args.config, network=args.network, width=args.width),
+                            "repeats": args.repeats, **common.built_network_summary(args.config, network=args.network, width=args.width, extra=args.set),
                             "parameterization": args.parameterization, "network": args.network,
                             "compile_batch_sizes": args.compile_batch_sizes},
                "compile_workaround_applied": workaround, "complete": False, "results": []}

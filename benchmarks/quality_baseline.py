@@ -92,7 +92,7 @@ def gmm_baseline(args) -> dict:
 def diffusion_baseline(args, device) -> dict:
     """Train the default run for ``--budget`` seconds, then its test bits/dim with ``--eval-samples`` draws."""
     built = common.build_default(args.config, width=args.width, batch_size=args.batch_size,
-                                 eval_num_samples=args.eval_samples)
+                                 eval_num_samples=args.eval_samples, extra=args.set)
     trainer = common.make_trainer(device, max_time=args.budget)
     start = time.perf_counter()
     trainer.fit(built.module, datamodule=built.datamodule)

@@ -28,7 +28,7 @@ KIND = {"ancestral": "ancestral (stochastic)", "ddim": "DDIM (ODE, Euler)", "heu
 
 
 def measure(args, device, emit=lambda rows: None) -> tuple[list[dict], str]:
-    built = common.build_default(args.config, width=args.width)
+    built = common.build_default(args.config, width=args.width, extra=args.set)
     module = built.module.to(device).eval()
     rows = []
     for batch_size in args.batch_sizes:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = common.output_path(NAME, device, args)
     payload = {"benchmark": NAME, "command": common.command_line("sampling_throughput.py", argv), "quick": args.quick,
                "machine": info, "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps,
-                                             "repeats": args.repeats, **common.built_network_summary(args.config, width=args.width)},
+                                             "repeats": args.repeats, **common.built_network_summary(args.config, width=args.width, extra=args.set)},
                "complete": False, "results": []}
 
     def emit(rows):  # after every setting: a run stopped early keeps what it measured

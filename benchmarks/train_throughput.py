@@ -160,7 +160,7 @@ def images_per_s(run: dict, batch_size: int) -> float:
 def measure(args, device, batch_size: int, network: str = "default") -> dict:
     """Interleaved bare / Lightning runs per parameterization at one batch size; medians and paired ratios."""
     build = lambda p: common.build_default(args.config, network=network, parameterization=p, batch_size=batch_size,
-                                           width=args.width)
+                                           width=args.width, extra=args.set)
     rows, ablation, source = [], [], None
     runs = {p: {"bare": [], "lightning": [], "bare_peak": [], "lightning_peak": []} for p in args.parameterizations}
     for r in range(args.repeats):
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": info, "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
                          "timed_steps": args.steps - args.warmup, "repeats": args.repeats,
-                         "networks_built": {n: common.built_network_summary(args.config, network=n, width=args.width) for n in args.networks},
+                         "networks_built": {n: common.built_network_summary(args.config, network=n, width=args.width, extra=args.set) for n in args.networks},
                          "config_source": part["config_source"]},
             "networks": args.networks, "complete": (network, batch_size) == (args.networks[-1], args.batch_sizes[-1]),
             "goal_ratio": 0.95,

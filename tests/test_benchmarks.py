@@ -132,6 +132,20 @@ def test_eval_cost_quick(tmp_path):
     assert payload["settings"]["trained_steps"] == 3
 
 
+def test_set_overrides_reach_the_benchmarked_network(tmp_path):
+    """``--set`` overrides of python train.py's config build a different network (here fewer residual blocks and
+    no Fourier features), recorded in the JSON; the Python mirror, which builds only the defaults, refuses them."""
+    extra = ("model.num_res_blocks=1", "model.fourier_min_exp=null", "model.fourier_max_exp=null")
+    payload = run_quick(eval_cost, tmp_path, "--set", *extra)
+    default = common.built_network_summary(width=16)
+    smaller = common.built_network_summary(width=16, extra=extra)
+    assert smaller["model_params"] < default["model_params"]
+    assert payload["settings"]["model_params"] == smaller["model_params"]
+    assert "--set model.num_res_blocks=1" in payload["command"]
+    with pytest.raises(SystemExit, match="--set model.num_res_blocks=1.*Hydra route"):
+        common.build_default("python", extra=extra[:1])
+
+
 def test_quality_baseline_quick(tmp_path):
     payload = run_quick(quality_baseline, tmp_path)
     assert payload["uniform_bpd"] == pytest.approx(math.log2(17))
