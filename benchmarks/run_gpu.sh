@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU measurement of docs/performance.md in one go, sized to finish in under 10 minutes on one H100/H200
-# (the step limits add up to 555 s):
+# (the step limits add up to 595 s; the last steps are the first to go if a run is cut short):
 #   bash benchmarks/run_gpu.sh [OUT_DIR]        (default: $OUT, else benchmarks/results)
 # Needs torch with CUDA, lightning, torchmetrics and scikit-learn; Hydra is optional (without it the benchmarks build
 # the default run with the Python mirror of the config, benchmarks/common.py:build_python). Each step has its own
 # time limit, and each script saves its JSON as it goes, so a step stopped early keeps what it measured.
 # The order puts the issue's goals first: the checks, the Lightning/bare ratios (default and CIFAR-size networks,
-# on-device data, peak memory), bits/dim of 10,000 examples x 8 draws, then bf16/compile on the CIFAR-size network.
+# on-device data, peak memory), bits/dim of 10,000 examples x 8 draws, the preset networks' images/s in 32-true and
+# bf16-mixed at their batch (docs/presets.md), then bf16/compile on the CIFAR-size network.
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 mkdir -p "$OUT_DIR"
@@ -29,7 +30,8 @@ step 110 benchmarks/train_throughput.py --device cuda --networks cifar --batch-s
   --steps 25 --warmup 8 --repeats 2 --out "$OUT_DIR/train_throughput_cuda_cifar.json"
 step 40 benchmarks/eval_cost.py --device cuda --examples 10000 --eval-batch-size 2000 --num-samples 1 8 \
   --train-steps 100 --out "$OUT_DIR/eval_cost_cuda.json"
-step 140 benchmarks/gpu_options.py --device cuda --network cifar --batch-sizes 128 \
+step 50 benchmarks/preset_networks.py --device cuda --repeats 3 --out "$OUT_DIR/preset_networks_cuda.json"
+step 130 benchmarks/gpu_options.py --device cuda --network cifar --batch-sizes 128 \
   --options 32-true bf16-mixed channels_last "bf16-mixed + channels_last" compile "bf16-mixed + compile" \
   --steps 30 --warmup 10 --out "$OUT_DIR/gpu_options_cuda_cifar.json"
 step 40 benchmarks/gpu_options.py --device cuda --batch-sizes 128 1024 --options 32-true bf16-mixed channels_last \
