@@ -89,6 +89,8 @@ def test_eval_py_and_sample_py_run_on_the_checkpoint(trained, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())  # unconditional digits: the class histogram
     assert sum(metrics[f"class_{c}"] for c in range(10)) == 16 and metrics["fid_n"] == 16
     assert metrics["class_max_min"] >= 1 and 0 <= metrics["class_chi2_p"] <= 1
+    assert sum(metrics[f"nn_class_{c}"] for c in range(10)) == 16  # and by the nearest training image's label
+    assert 0 <= metrics["nn_class_chi2_p"] <= 1
 
 
 class SevenValDigits(DigitsDataModule):

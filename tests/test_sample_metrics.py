@@ -6,9 +6,11 @@ from vdmlab.data import DigitsDataModule
 from vdmlab.metrics.fid import DigitsFeatures, FIDMetric
 from vdmlab.metrics.sample_metrics import (
     RecordingExtractor,
+    class_counts,
     class_histogram,
     kid,
     mmd2_unbiased,
+    nearest_neighbour_classes,
     precision_recall,
     sample_metrics,
 )
@@ -77,3 +79,20 @@ def test_recorded_digits_features_give_fid_and_the_histogram_of_real_digits():
     assert 1 <= result["class_max_min_real"] < float("inf") and 0 <= result["class_chi2_p_real"] <= 1
     assert abs(result["kid"]) < 4 * result["kid_se"] + 1e-3  # two halves of one split
     assert float(metric.compute()) >= 0
+
+
+def test_nearest_neighbour_classes_read_digits_without_a_classifier():
+    """A copy of a training image gets that image's label; held-out digits get their own label nearly always
+    (1-NN in pixel space is a good digit classifier); the counts carry the same flatness keys under a prefix."""
+    data = DigitsDataModule(batch_size=128, eval_batch_size=180, num_workers=0)
+    data.setup()
+    train = torch.stack([data.train_set[i] for i in range(len(data.train_set))])
+    copies = nearest_neighbour_classes(train[:300], train, data.train_labels, chunk=64)
+    assert torch.equal(copies, data.train_labels[:300])
+    val = torch.stack([data.val_set[i] for i in range(len(data.val_set))])
+    accuracy = (nearest_neighbour_classes(val, train, data.train_labels) == data.val_labels).double().mean()
+    assert accuracy > 0.95
+    counts = class_counts(copies, 10, prefix="nn_class")
+    assert sum(counts[f"nn_class_{c}"] for c in range(10)) == 300 and counts["nn_classes_missing"] == 0
+    assert counts == {k.replace("class", "nn_class", 1): v
+                      for k, v in class_histogram(torch.nn.functional.one_hot(copies, 10).double(), 10).items()}

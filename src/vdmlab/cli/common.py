@@ -41,6 +41,9 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "class_chi2_p": "p-value of Pearson's χ² test of uniform classes (small: not flat)",
     "class_max_min_real": "class_max_min of the split's real images: the reference",
     "class_chi2_p_real": "class_chi2_p of the split's real images: the reference",
+    "nn_classes_missing": "digits that no sample's nearest training image shows",
+    "nn_class_max_min": "class_max_min with each sample labelled by its nearest training image (no classifier)",
+    "nn_class_chi2_p": "class_chi2_p with each sample labelled by its nearest training image (no classifier)",
     "ode_bpd": "probability-flow ODE likelihood, dequantized: a bound on -log p(x) of the ODE model, bits/dim",
     "ode_bpd_se": "standard error of ode_bpd over the examples",
     "ode_bpd_iw": "importance-weighted dequantization bound over ode.num_draws draws, bits/dim",
@@ -69,6 +72,8 @@ def describe(key: str) -> str:
     name = key.rsplit("/", 1)[-1]
     if name.startswith("class_") and name[len("class_"):].isdigit():
         return f"samples the digits classifier assigns to class {name[len('class_'):]}"
+    if name.startswith("nn_class_") and name[len("nn_class_"):].isdigit():
+        return f"samples whose nearest training image is a {name[len('nn_class_'):]}"
     return METRIC_DESCRIPTIONS.get(key) or METRIC_DESCRIPTIONS.get(name, "")
 
 

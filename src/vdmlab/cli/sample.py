@@ -4,7 +4,8 @@ Class-conditional checkpoints take ``label=3`` (every sample of class 3) or ``la
 often, a grid row per class), and ``sampler.guidance=w`` for classifier-free guidance. ``metrics.json`` holds the
 FID of the samples against a split (digits-classifier features on the 8x8 digits) and, on the digits, the class
 accuracy of the samples (the fraction that the shipped classifier assigns to the label they were drawn for) or, for
-unconditional samples, their class histogram and its flatness.
+unconditional samples, their class histogram and its flatness, by the classifier and (``nn_class_*``) by the label
+of each sample's nearest training image, which needs no classifier.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from vdmlab.cli.common import format_table, pick_device
 from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
 from vdmlab.metrics.fid import FIDMetric, fid_feature
-from vdmlab.metrics.sample_metrics import class_histogram
+from vdmlab.diffusion.likelihood import levels_to_values
+from vdmlab.metrics.sample_metrics import class_counts, class_histogram, nearest_neighbour_classes
 from vdmlab.module import GUIDANCE_KEYS
 
 log = logging.getLogger("vdmlab")
@@ -54,7 +56,8 @@ def sample_labels(cfg: DictConfig, num_classes: int | None, device) -> tuple[Ten
 
 def fid_and_class_accuracy(module, built, x: Tensor, labels: Tensor | None, cfg: DictConfig, device) -> dict[str, float]:
     """FID of the samples against ``metrics_split`` (with its sample count) and, on the digits, their class accuracy
-    (class-conditional samples) or class histogram with its flatness (unconditional ones)."""
+    (class-conditional samples) or class histogram with its flatness (unconditional ones: by the classifier, and by
+    the nearest training image's label)."""
     feature = fid_feature(cfg.fid.feature, module.data_shape, module.num_levels)
     if cfg.metrics == "auto" and feature != "digits":
         return {}
@@ -73,6 +76,12 @@ def fid_and_class_accuracy(module, built, x: Tensor, labels: Tensor | None, cfg:
         with torch.no_grad():
             logits = classifier(x.to(device).float())
         result.update(class_histogram(logits, logits.shape[1]))
+        train_labels = getattr(built.datamodule, "train_labels", None)
+        if train_labels is not None:  # the same histogram without the classifier: the nearest training image's label
+            train = built.datamodule.train_set
+            real = levels_to_values(train.levels, train.num_levels).to(device)
+            nearest = nearest_neighbour_classes(x.to(device), real, train_labels)
+            result.update(class_counts(nearest, logits.shape[1], prefix="nn_class"))
     return result
 
 

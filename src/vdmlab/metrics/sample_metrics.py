@@ -95,18 +95,32 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]
 
 
 def class_histogram(logits: Tensor, num_classes: int) -> dict[str, float]:
-    """Counts of the argmax classes ``{"class_0": n_0, …}`` and how flat they are: ``classes_missing`` (classes
-    never predicted), ``class_max_min`` (largest count over smallest; inf when a class is missing) and
-    ``class_chi2_p`` (p-value of Pearson's χ² test of a uniform class distribution, C − 1 degrees of freedom)."""
+    """Counts of the argmax classes ``{"class_0": n_0, …}`` and how flat they are (:func:`class_counts`)."""
+    return class_counts(logits.argmax(1), num_classes)
+
+
+def class_counts(classes: Tensor, num_classes: int, prefix: str = "class") -> dict[str, float]:
+    """Counts of integer ``classes`` as ``{f"{prefix}_0": n_0, …}`` and how flat they are: ``{prefix}es_missing``
+    (classes never seen), ``{prefix}_max_min`` (largest count over smallest; inf when a class is missing) and
+    ``{prefix}_chi2_p`` (p-value of Pearson's χ² test of a uniform class distribution, C − 1 degrees of freedom)."""
     from scipy.stats import chi2
 
-    counts = torch.bincount(logits.argmax(1), minlength=num_classes).double()
-    result = {f"class_{c}": int(n) for c, n in enumerate(counts.tolist())}
-    result["classes_missing"] = int((counts == 0).sum())
-    result["class_max_min"] = float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
+    counts = torch.bincount(classes.long().flatten().cpu(), minlength=num_classes).double()
+    result = {f"{prefix}_{c}": int(n) for c, n in enumerate(counts.tolist())}
+    result[f"{prefix}es_missing"] = int((counts == 0).sum())
+    result[f"{prefix}_max_min"] = float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
     expected = counts.sum() / num_classes
-    result["class_chi2_p"] = float(chi2.sf(float(((counts - expected) ** 2 / expected).sum()), num_classes - 1))
+    result[f"{prefix}_chi2_p"] = float(chi2.sf(float(((counts - expected) ** 2 / expected).sum()), num_classes - 1))
     return result
+
+
+def nearest_neighbour_classes(fake: Tensor, real: Tensor, real_labels: Tensor, chunk: int = 1024) -> Tensor:
+    """The label of each fake sample's nearest real image (Euclidean distance of the flattened pixels): a class
+    read without any classifier, to tell a model's class imbalance from a classifier's bias on samples."""
+    real_flat = real.flatten(1).double()
+    nearest = [torch.cdist(part.flatten(1).double().to(real_flat.device), real_flat).argmin(1)
+               for part in fake.split(chunk)]
+    return real_labels.to(real_flat.device)[torch.cat(nearest)]
 
 
 def sample_metrics(real: Tensor, fake: Tensor, extractor: nn.Module, k: int = 3, kid_blocks: int = 10,
