@@ -208,3 +208,19 @@ def test_a_density_defined_weighting_with_a_moving_schedule_is_refused_with_the_
             validate_config(make_config([f"weighting={weighting}", f"schedule={schedule}"]))
     validate_config(make_config([f"weighting={weighting}", "schedule=cosine"]))  # a fixed p(λ): fine
     validate_config(make_config(["weighting=sigmoid", "schedule=adaptive"]))  # w(λ) alone: fine
+
+
+def test_the_lr_decay_is_set_from_the_command_line(tmp_path):
+    """``module.lr_scheduler.decay_steps=N`` (the config's comment says to set it) composes without a ``+`` and
+    gives the cosine decay: the peak after warm-up, then ``min_factor`` of it from step N on."""
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = compose_config(tmp_path / "run", ["module.lr_scheduler.warmup_steps=10",
+                                            "module.lr_scheduler.decay_steps=110", "module.lr_scheduler.min_factor=0.2"])
+    validate_config(cfg)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    factor = instantiate(cfg.module.lr_scheduler)(optimizer).lr_lambdas[0]
+    assert factor(10) == pytest.approx(1.0) and factor(60) == pytest.approx(0.6)
+    assert factor(110) == pytest.approx(0.2) == factor(500)
+    assert all(factor(k) >= factor(k + 1) for k in range(10, 120))
