@@ -63,6 +63,9 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "time/minutes": "wall-clock time of training and testing",
     "train/steps": "optimizer steps taken",
 }
+#: the per-class count rows ``<prefix>_<k>`` of a class histogram (metrics.sample_metrics.class_counts)
+CLASS_COUNT_DESCRIPTIONS = {"class": "samples the digits classifier assigns to class {}",
+                            "nn_class": "samples whose nearest training image is a {}"}
 #: rows shown inside another row (the row they belong to): the FID rows carry their sample counts, FID@N
 FOLDED = {"fid_n": "fid", "fid_n_real": "fid", "fid_std": "fid", "fid_repeats": "fid", "fid_floor_n": "fid_floor"}
 
@@ -70,10 +73,9 @@ FOLDED = {"fid_n": "fid", "fid_n_real": "fid", "fid_std": "fid", "fid_repeats": 
 def describe(key: str) -> str:
     """The one-line description of a metric row (empty when there is none)."""
     name = key.rsplit("/", 1)[-1]
-    if name.startswith("class_") and name[len("class_"):].isdigit():
-        return f"samples the digits classifier assigns to class {name[len('class_'):]}"
-    if name.startswith("nn_class_") and name[len("nn_class_"):].isdigit():
-        return f"samples whose nearest training image is a {name[len('nn_class_'):]}"
+    prefix, _, digit = name.rpartition("_")
+    if digit.isdigit() and prefix in CLASS_COUNT_DESCRIPTIONS:  # class_3, nn_class_3
+        return CLASS_COUNT_DESCRIPTIONS[prefix].format(digit)
     return METRIC_DESCRIPTIONS.get(key) or METRIC_DESCRIPTIONS.get(name, "")
 
 

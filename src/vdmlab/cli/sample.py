@@ -23,10 +23,10 @@ from torch import Tensor
 from vdmlab.callbacks.samples import class_rows, save_samples
 from vdmlab.cli.build import build_from_checkpoint, build_sampler
 from vdmlab.cli.common import format_table, pick_device
+from vdmlab.diffusion.likelihood import levels_to_values
 from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
 from vdmlab.metrics.fid import FIDMetric, fid_feature
-from vdmlab.diffusion.likelihood import levels_to_values
 from vdmlab.metrics.sample_metrics import class_counts, class_histogram, nearest_neighbour_classes
 from vdmlab.module import GUIDANCE_KEYS
 
