@@ -301,6 +301,8 @@ def test_a_short_conditional_fit_on_the_digits(conditional_run):
     out, metrics = conditional_run
     # p(x|y) is a better model of the digits than p(x) from the same net with ∅ (same noise for both)
     assert metrics["test/bpd"] < metrics["test/bpd_uncond"] and metrics["val/bpd"] < metrics["val/bpd_uncond"]
+    for stage in ("val", "test"):  # the balanced mixture's bound: p(x) >= p(x|y)/C, C = 10 digits, D = 64
+        assert metrics[f"{stage}/bpd_mixture"] == pytest.approx(metrics[f"{stage}/bpd"] + math.log2(10) / 64, abs=1e-5)
     assert 0.0 <= metrics["test/class_acc"] <= 1.0 and metrics["test/fid_n"] == 50
     assert (out / "samples" / "final.png").is_file()  # a row per class
 
@@ -321,10 +323,14 @@ def test_checkpoints_round_trip_the_conditional_model_and_sample_py_takes_labels
         data = np.load(npz)
         metrics = json.loads((npz.parent / "metrics.json").read_text())
         assert metrics["guidance"] == 2.0 and 0.0 <= metrics["class_acc"] <= 1.0 and metrics["fid_n"] == 20
+        counts = np.bincount(data["y"], minlength=10)  # the histogram of what was drawn, beside what was asked
+        assert sum(metrics[f"class_{k}"] for k in range(10)) == 20 == sum(metrics[f"nn_class_{k}"] for k in range(10))
+        # a sample drawn as k and classified k is counted in both: hits <= Σ_k min(asked_k, classified_k)
+        assert round(metrics["class_acc"] * 20) <= sum(min(counts[k], metrics[f"class_{k}"]) for k in range(10))
     assert data["y"].tolist() == [k for k in range(10) for _ in range(2)]  # labels=all: every class, a row each
     metrics = eval_run(compose_config(tmp_path / "eval", [f"ckpt_path={ckpt}", "bpd.num_samples=1", "fid.num_samples=20",
                                                           "fid.steps=4"], "eval"))
-    assert {"test/bpd", "test/bpd_uncond", "test/fid"} <= set(metrics) and 0.0 <= metrics["test/class_acc"] <= 1.0
+    assert {"test/bpd", "test/bpd_uncond", "test/bpd_mixture", "test/fid"} <= set(metrics) and 0.0 <= metrics["test/class_acc"] <= 1.0
     for bad, match in (([], "give the labels"), (["label=10"], r"outside \[0, 10\)"), (["label=-1"], "outside"),
                        (["label=3", "labels=all"], "both given")):
         cfg = compose_config(tmp_path / "bad", [f"ckpt_path={ckpt}", "num_samples=4", "sampler.steps=2", *bad], "sample")

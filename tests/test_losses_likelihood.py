@@ -171,3 +171,23 @@ def test_negative_elbo_in_bits_per_dim_is_finite_and_beats_uniform_for_the_oracl
     bpd = L.bits_per_dim(terms.total, D)
     assert torch.isfinite(bpd).all() and bpd.mean() < 8.0
     assert (terms.prior >= 0).all() and (terms.reconstruction >= 0).all() and (terms.diffusion >= 0).all()
+
+
+def test_balanced_mixture_bound_holds_for_every_label_and_is_tight_for_disjoint_classes():
+    """-log p(x) of (1/C)·Σ_y p(x|y) never exceeds -log p(x|y) + log C, for any y; equality when the classes are disjoint."""
+    C, D, V = 10, 3, 4  # C classes of D-dimensional data, each dimension on V values: V^D points
+    g = torch.Generator().manual_seed(0)
+    p_x_given_y = torch.softmax(3.0 * torch.randn(C, V ** D, generator=g, dtype=torch.float64), -1)
+    bpd_cond = -torch.log2(p_x_given_y) / D  # [C, points]
+    bpd_mix = -torch.log2(p_x_given_y.mean(0)) / D
+    bound = L.balanced_mixture_bpd(bpd_cond, C, D)
+    assert (bpd_mix <= bound + 1e-12).all()
+    assert (bound - bpd_mix).min() >= 0 and (bound.min(0).values - bpd_mix).max() < math.log2(C) / D
+    disjoint = torch.zeros(C, V ** D, dtype=torch.float64)
+    for y in range(C):  # class y owns the points y, y + C, ...
+        disjoint[y, y::C] = 1.0 / disjoint[y, y::C].numel()
+    own = disjoint > 0
+    torch.testing.assert_close(L.balanced_mixture_bpd(-torch.log2(disjoint[own]) / D, C, D),
+                               (-torch.log2(disjoint.mean(0)) / D)[own.nonzero()[:, 1]])
+    with pytest.raises(ValueError, match="num_classes"):
+        L.balanced_mixture_bpd(bpd_cond, 0, D)

@@ -151,7 +151,8 @@ class DiffusionModule(L.LightningModule):
         run_config: the resolved run config, stored in checkpoints so eval/sample can rebuild the run.
         num_classes: None (unconditional) or the number of classes of a class-conditional model, whose batches
             carry labels ``y`` (``dataset.conditional=true``); the null class ∅ is ``num_classes``. Evaluation
-            then reports bits/dim of p(x|y) (``bpd``) and of p(x) with ∅ (``bpd_uncond``) from the same model.
+            then reports bits/dim of p(x|y) (``bpd``), of p(x) with ∅ (``bpd_uncond``) from the same model, and
+            the bound on p(x) of the balanced class mixture (1/C)·Σ_y p(x|y) (``bpd_mixture``).
         p_uncond: label dropout of classifier-free guidance: each training label is replaced by ∅ with this
             probability (drawn from the training-noise generator, so a resumed run stays exact).
     """
@@ -439,6 +440,9 @@ class DiffusionModule(L.LightningModule):
             self.log(f"{stage}/{term}", float(stats["bpd"]), prog_bar=(term == "bpd"))
             if term == "bpd":
                 self.log(f"{stage}/bpd_se", float(stats["bpd_se"]))
+            if term == "bpd" and self.num_classes is not None:  # the balanced mixture that labels=all samples
+                self.log(f"{stage}/bpd_mixture",
+                         float(likelihood.balanced_mixture_bpd(stats["bpd"], self.num_classes, self.data_dim)))
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:

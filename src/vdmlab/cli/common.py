@@ -35,6 +35,7 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "fid_floor": "real-vs-real floor: FID of as many real train images to the split (a perfect model's FID@N)",
     "fid_floor_n": "real train images in the FID floor",
     "bpd_uncond": "negative ELBO of p(x) with the null label (a conditional model), bits/dim",
+    "bpd_mixture": "bound on -log p(x) of the balanced class mixture (1/C)Σ_y p(x|y): bpd + log2(C)/D, bits/dim",
     "class_acc": "fraction of samples the digits classifier assigns to the label they were drawn for",
     "classes_missing": "digits the classifier never assigns a sample to",
     "class_max_min": "largest class count over the smallest (1: flat; inf: a digit is missing)",

@@ -17,6 +17,7 @@ from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import format_table, pick_device
 from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
+from vdmlab.diffusion.likelihood import balanced_mixture_bpd
 from vdmlab.loggers import capture_warnings, finish_loggers
 from vdmlab.metrics.bpd import evaluate_bpd
 from vdmlab.metrics.fid import FIDMetric, build_extractor, fid_feature, split_fid
@@ -111,6 +112,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                   generator=torch.Generator(device=device).manual_seed(cfg.seed), device=device,
                                   seed=int(cfg.seed), null_class=module.num_classes)
             metrics.update({f"{cfg.split}/bpd_uncond": uncond["bpd"], f"{cfg.split}/bpd_uncond_se": uncond["bpd_se"]})
+            metrics[f"{cfg.split}/bpd_mixture"] = float(balanced_mixture_bpd(bpd["bpd"], module.num_classes,
+                                                                              module.data_dim))
     if "ode" in likelihoods:  # of p(x|y) with the true labels for a conditional model
         ode = evaluate_ode(module, loader.dataset.dataset, cfg.ode, loader.batch_size, device, int(cfg.seed))
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in ode.items()})

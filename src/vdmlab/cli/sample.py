@@ -56,8 +56,8 @@ def sample_labels(cfg: DictConfig, num_classes: int | None, device) -> tuple[Ten
 
 def fid_and_class_accuracy(module, built, x: Tensor, labels: Tensor | None, cfg: DictConfig, device) -> dict[str, float]:
     """FID of the samples against ``metrics_split`` (with its sample count) and, on the digits, their class accuracy
-    (class-conditional samples) or class histogram with its flatness (unconditional ones: by the classifier, and by
-    the nearest training image's label)."""
+    (class-conditional samples) and class histogram with its flatness (by the classifier, and by the nearest
+    training image's label)."""
     feature = fid_feature(cfg.fid.feature, module.data_shape, module.num_levels)
     if cfg.metrics == "auto" and feature != "digits":
         return {}
@@ -72,7 +72,7 @@ def fid_and_class_accuracy(module, built, x: Tensor, labels: Tensor | None, cfg:
     classifier = getattr(metric.extractor, "classifier", None)
     if labels is not None and classifier is not None:
         result["class_acc"] = float(class_matches(classifier, x.to(device), labels).float().mean())
-    elif classifier is not None:  # unconditional: which digits were drawn, and how evenly
+    if classifier is not None:  # which digits were drawn, and how evenly (conditional: as the labels asked?)
         with torch.no_grad():
             logits = classifier(x.to(device).float())
         result.update(class_histogram(logits, logits.shape[1]))

@@ -77,6 +77,11 @@ def bits_per_dim(nats: Tensor, data_dim: int) -> Tensor:
     return nats / (data_dim * math.log(2.0))
 
 
+def balanced_mixture_bpd(bpd_cond: Tensor | float, num_classes: int, data_dim: int) -> Tensor | float:
+    """Bound on -log₂ p(x)/D of the mixture p(x) = (1/C)·Σ_y p(x|y): p(x) ≥ p(x|y)/C for any y, so bpd(x|y) + log₂C/D."""
+    return bpd_cond + math.log2(check_int("num_classes", num_classes, 1)) / check_int("data_dim", data_dim, 1)
+
+
 def endpoint_terms(x: Tensor, schedule: Schedule, eps: Tensor, num_levels: int) -> tuple[Tensor, Tensor]:
     """The prior KL at λ(1) and the decoder NLL at z_0 = α_0·x + σ_0·ε, eq. (3.60), each ``[B]`` nats.
 
