@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from test_evaluation import validate_single_and_ddp
 from torch import nn
 
-from vdmlab.analysis.compare import compare
+from vdmlab.analysis.compare import compare, find_runs, read_metrics
 from vdmlab.cli.build import build_from_checkpoint, build_run
 from vdmlab.cli.evaluate import run as eval_run
 from vdmlab.cli.sample import run as sample_run
@@ -395,6 +395,27 @@ def test_conditional_bits_per_dim_under_ddp_equal_single_process():
     for key in ("val/bpd", "val/bpd_uncond"):
         assert results[2][key] == pytest.approx(results[1][key], rel=1e-6)
     assert results[1]["val/bpd"] != pytest.approx(results[1]["val/bpd_uncond"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compare_reads_a_conditional_run_in_bits_per_dim_of_x(conditional_run, tmp_path):
+    """compare.py puts a conditional run beside unconditional ones in the same units: its class mixture's bound."""
+    import shutil
+
+    out, metrics = conditional_run
+    run = tmp_path / "sweep" / "0"
+    (run / "csv").mkdir(parents=True)
+    shutil.copy(next(out.rglob("metrics.csv")), run / "csv" / "metrics.csv")
+    (run / ".hydra").mkdir()
+    OmegaConf.save(compose_config(run, FIT), run / ".hydra" / "config.yaml")
+    summary = find_runs(tmp_path / "sweep")[0]
+    assert summary.conditional
+    for stage in ("val", "test"):
+        assert summary.metrics[f"{stage}/bpd"] == metrics[f"{stage}/bpd_mixture"] > metrics[f"{stage}/bpd"]
+        assert summary.metrics[f"{stage}/bpd_conditional"] == metrics[f"{stage}/bpd"]
+    assert summary.curves["val/bpd"] == read_metrics(run / "csv" / "metrics.csv")[1]["val/bpd_mixture"]
+    table = compare(tmp_path / "sweep")["markdown"].read_text()
+    assert "| 0 * |" in table and "bpd_mixture" in table
 
 
 @pytest.mark.slow

@@ -48,6 +48,7 @@ class RunSummary:
     minutes: float | None = None
     overrides: list[str] = field(default_factory=list)
     seed: int | None = None
+    conditional: bool = False  # class-conditional: val/bpd, test/bpd are its class mixture's bound (bpd_mixture)
 
     @property
     def fid(self) -> tuple[float | None, int | None, str | None]:
@@ -133,7 +134,28 @@ def read_run(run_dir: Path, name: str) -> RunSummary:
         values = json.loads(metrics_json.read_text())
         summary.metrics.update({k: float(v) for k, v in values.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return as_bits_per_dim_of_x(summary)
+
+
+def as_bits_per_dim_of_x(summary: RunSummary) -> RunSummary:
+    """Make a class-conditional run's val/bpd and test/bpd (and the val/bpd curve) bits/dim of x, comparable with
+    unconditional runs: its balanced class mixture's bound ``bpd_mixture`` replaces the ELBO of p(x|y), which is
+    kept as ``<stage>/bpd_conditional``."""
+    for stage in ("val", "test"):
+        key = f"{stage}/bpd_mixture"
+        if key in summary.metrics:
+            summary.conditional = True
+            summary.metrics[f"{stage}/bpd_conditional"] = summary.metrics.get(f"{stage}/bpd")
+            summary.metrics[f"{stage}/bpd"] = summary.metrics[key]
+            if key in summary.curves:
+                summary.curves[f"{stage}/bpd_conditional"] = summary.curves.get(f"{stage}/bpd", [])
+                summary.curves[f"{stage}/bpd"] = summary.curves[key]
     return summary
+
+
+CONDITIONAL_NOTE = ("class-conditional runs (marked *): val/bpd and test/bpd are the bound on −log p(x) of their "
+                    "balanced class mixture (bpd_mixture = ELBO of p(x|y) + log2 C / D), so that they compare with "
+                    "unconditional runs.")
 
 
 def find_runs(sweep_dir: Path) -> list[RunSummary]:
@@ -214,7 +236,8 @@ def seeds_markdown(groups: list[SeedGroup]) -> str:
         fid_mean, fid_se, _ = g.stat("fid")
         fid = "n/a" if fid_mean is None else f"{_mean_se(fid_mean, fid_se, 2)} ({_cell(g.fid_n)})"
         seeds = sorted(r.seed for r in g.runs if r.seed is not None)
-        cells = [g.weighting, _cell(g.monotonic), f"{len(g.runs)} ({', '.join(map(str, seeds))})",
+        conditional = " *" if any(r.conditional for r in g.runs) else ""
+        cells = [g.weighting + conditional, _cell(g.monotonic), f"{len(g.runs)} ({', '.join(map(str, seeds))})",
                  _mean_se(*g.stat("val/bpd")[:2]), _mean_se(*g.stat("test/bpd")[:2]), fid,
                  _mean_se(*g.stat("fid_floor")[:2], 2),
                  " ".join(o for o in g.overrides if o not in shared) or "-"]
@@ -222,6 +245,8 @@ def seeds_markdown(groups: list[SeedGroup]) -> str:
     notes = ["", "mean ± standard error over the seeds (sample standard deviation / √seeds); a difference between two "
              "rows is meaningful only when it is large against both errors. FID floor: the real-vs-real FID of as many real "
              "training images (what a perfect model scores)."]
+    if any(r.conditional for g in groups for r in g.runs):
+        notes.append(CONDITIONAL_NOTE)
     return "\n".join(lines + notes) + "\n"
 
 
@@ -259,11 +284,14 @@ def markdown_table(runs: list[RunSummary]) -> str:
     for r in runs:
         row = r.row()
         fid = "n/a" if row["fid"] is None else f"{row['fid']:.2f} ({_cell(row['fid_n'])})"
-        cells = [row["run"], row["weighting"], row["monotonic"], row["val/bpd"], row["test/bpd"], fid, row["steps"],
+        cells = [row["run"] + (" *" if r.conditional else ""), row["weighting"], row["monotonic"], row["val/bpd"],
+                 row["test/bpd"], fid, row["steps"],
                  None if row["minutes"] is None else f"{row['minutes']:.1f}",
                  " ".join(o for o in r.overrides if o not in shared) or "-"]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     notes = ["", "val/bpd, test/bpd: the last logged value (the W&B run summary); bits/dim of the unweighted ELBO."]
+    if any(r.conditional for r in runs):
+        notes.append(CONDITIONAL_NOTE)
     if not any(r.fid[0] is not None for r in runs):
         notes.append("FID: not logged by any run (no val/fid or test/fid in the CSV logs), so FID is n/a.")
     else:
