@@ -274,7 +274,8 @@ def test_networks_add_a_class_embedding_with_a_null_class(make):
 
 # ------------------------------------------------------------------ training, checkpoints, sampling, bad input
 # the ELBO weighting: the test compares likelihoods, which a 132-step fit of another weighting barely orders
-FIT = ["dataset.conditional=true", "weighting=elbo", "module.p_uncond=0.2", "model.width=16", "model.num_res_blocks=1", "model.dropout=0.0",
+FIT = ["dataset.conditional=true", "weighting=elbo", "module.p_uncond=0.2", "model.width=16", "model.num_res_blocks=1",
+       "model.dropout=0.0",
        "trainer.max_epochs=12", "module.lr_scheduler.warmup_steps=20", "module.optimizer.lr=3e-3", "logger=csv",
        "fid.every_n_epochs=0", "fid.num_samples=50", "fid.steps=8", "sampler.steps=8", "module.ema_decay=0.9",
        "callbacks.sample_grid.num_samples=20", "callbacks.sample_grid.every_n_epochs=1000"]
@@ -330,7 +331,8 @@ def test_checkpoints_round_trip_the_conditional_model_and_sample_py_takes_labels
     assert data["y"].tolist() == [k for k in range(10) for _ in range(2)]  # labels=all: every class, a row each
     metrics = eval_run(compose_config(tmp_path / "eval", [f"ckpt_path={ckpt}", "bpd.num_samples=1", "fid.num_samples=20",
                                                           "fid.steps=4"], "eval"))
-    assert {"test/bpd", "test/bpd_uncond", "test/bpd_mixture", "test/fid"} <= set(metrics) and 0.0 <= metrics["test/class_acc"] <= 1.0
+    assert {"test/bpd", "test/bpd_uncond", "test/bpd_mixture", "test/fid"} <= set(metrics)
+    assert 0.0 <= metrics["test/class_acc"] <= 1.0
     for bad, match in (([], "give the labels"), (["label=10"], r"outside \[0, 10\)"), (["label=-1"], "outside"),
                        (["label=3", "labels=all"], "both given")):
         cfg = compose_config(tmp_path / "bad", [f"ckpt_path={ckpt}", "num_samples=4", "sampler.steps=2", *bad], "sample")

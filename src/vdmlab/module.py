@@ -440,9 +440,9 @@ class DiffusionModule(L.LightningModule):
             self.log(f"{stage}/{term}", float(stats["bpd"]), prog_bar=(term == "bpd"))
             if term == "bpd":
                 self.log(f"{stage}/bpd_se", float(stats["bpd_se"]))
-            if term == "bpd" and self.num_classes is not None:  # the balanced mixture that labels=all samples
-                self.log(f"{stage}/bpd_mixture",
-                         float(likelihood.balanced_mixture_bpd(stats["bpd"], self.num_classes, self.data_dim)))
+                if self.num_classes is not None:  # the balanced mixture that labels=all samples
+                    self.log(f"{stage}/bpd_mixture",
+                             float(likelihood.balanced_mixture_bpd(stats["bpd"], self.num_classes, self.data_dim)))
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:
