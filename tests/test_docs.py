@@ -27,7 +27,7 @@ CONF = REPO / "conf"
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 HEADLINES = json.loads((REPO / "benchmarks" / "results" / "headline.json").read_text())["figures"]
 #: pages whose ``python train.py|eval.py|sample.py`` commands are composed
-COMMAND_PAGES = ("README.md", "docs/usage.md", "docs/results.md")
+COMMAND_PAGES = ("README.md", *(str(p.relative_to(REPO)) for p in sorted((REPO / "docs").glob("*.md"))))
 #: conf/ folders that need no row in the README's group table: set by another choice, or Hydra's own, or eval.py's
 NOT_IN_THE_TABLE = {"hydra", "dataset_defaults", "dataset_model", "ode"}
 #: option-list members that are not files: ``group=null`` switches the group off
@@ -304,7 +304,8 @@ def documented_commands() -> list[tuple[str, str]]:
         blocks = re.findall(r"^```(?:bash)?\n(.*?)^```", text, flags=re.S | re.M)
         spans = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", re.sub(r"^```.*?^```", "", text,
                                                                                           flags=re.S | re.M))]
-        for chunk in [line for block in blocks for line in block.splitlines()] + spans:
+        lines = [line for block in blocks for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+        for chunk in lines + spans:
             for part in chunk.split("#", 1)[0].split("&&"):
                 part = part.strip()
                 if (re.match(r"python (train|eval|sample)\.py\b", part) and (name, part) not in found
@@ -325,6 +326,9 @@ def compositions(command: str) -> tuple[str, list[list[str]]]:
         if word in ("-m", "--multirun"):
             continue
         word = re.sub(r"^ckpt_path=.*$", "ckpt_path=/nonexistent/checkpoints/last.ckpt", word)
+        key, _, value = word.partition("=")
+        if re.fullmatch(r"<[^>]*>", value) and (CONF / key).is_dir():  # group=<name>: every option of the group
+            word = f"{key}={','.join(sorted(options(key)))}"
         overrides.append(re.sub(r"<[^>]*>", "0", word).replace("=...", "=0"))
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -344,9 +348,11 @@ def test_commands_are_found_and_placeholders_filled():
     config, runs = compositions("python train.py -m weighting=elbo,sigmoid seed=0,1 ckpt_path=<run>/last.ckpt")
     assert config == "train" and len(runs) == 3
     assert all("ckpt_path=/nonexistent/checkpoints/last.ckpt" in run for run in runs)
+    assert len(compositions("python train.py experiment=<name>")[1]) == len(options("experiment"))
 
 
-@pytest.mark.parametrize("page,command", COMMANDS, ids=[f"{p}:{c}" for p, c in COMMANDS])
+@pytest.mark.parametrize("page,command", [  # a command that composes many configs (group=<name>) takes long
+    pytest.param(p, c, id=f"{p}:{c}", marks=[pytest.mark.slow] if len(compositions(c)[1]) > 4 else []) for p, c in COMMANDS])
 def test_a_documented_command_composes(page, command, tmp_path, monkeypatch):
     from vdmlab.cli.validate import validate_config
 
