@@ -6,8 +6,9 @@
 - Every option list (the comments of conf/*.yaml's defaults, the --help templates, the README's group table, the
   docs' tables of schedules, weightings and parameterizations) names exactly the options of its conf/ folder, so a
   new option file fails here until it is named everywhere.
-- Every ``python train.py|eval.py|sample.py`` command of the README and of docs/usage.md and docs/results.md
-  composes with Hydra, and the train commands pass start-up validation (no data is read, no run is made).
+- Every ``python train.py|eval.py|sample.py`` command of README.md and docs/*.md (and every example of the README's
+  group table) composes with Hydra, and the train commands pass start-up validation (no data is read, no run is
+  made); placeholders become a dummy checkpoint path, or every option of their group.
 """
 
 from __future__ import annotations
