@@ -1,19 +1,18 @@
 """Device-resident data: a split of integer levels held once on the training device, batches gathered there.
 
 For datasets that fit in device memory (every :class:`~vdmlab.data.datasets.LevelDataset`: digits, toy 2-D, MNIST,
-CIFAR-10, with their class labels when conditional) the DataLoader's per-batch Python work and host-to-device copy cost more than a small network's step.
-:class:`DeviceBatches` holds the split's stored levels (uint8 for K <= 256) on the device and yields each batch
-with one index gather and one batched conversion (``levels_to_values``), and the labels of a
-:class:`~vdmlab.data.datasets.LabelledDataset` with the same gather. It takes its order from the same
-:class:`~vdmlab.data.samplers.EpochSampler` as the DataLoader path, a function of (seed, epoch) only, sharded across
-DDP ranks and resumable mid-epoch with ``skip``, so both paths yield the same batches bit for bit. Lightning takes
-any iterable with a ``sampler`` (it calls ``sampler.set_epoch``) and a length; its batch transfer is a no-op on
-tensors already on the device.
+CIFAR-10, with their class labels when conditional) the DataLoader's per-batch Python work and host-to-device copy
+cost more than a small network's step. :class:`DeviceBatches` holds the split's stored levels (uint8 for K <= 256)
+on the device and yields each batch with one index gather and one batched conversion (``levels_to_values``), and
+the labels of a :class:`~vdmlab.data.datasets.LabelledDataset` with the same gather. It takes its order from the
+same :class:`~vdmlab.data.samplers.EpochSampler` as the DataLoader path, a function of (seed, epoch) only, sharded
+across DDP ranks and resumable mid-epoch with ``skip``, so both paths yield the same batches bit for bit. Lightning
+takes any iterable with a ``sampler`` (it calls ``sampler.set_epoch``) and a length; its batch transfer is a no-op
+on tensors already on the device.
 
 ``dataset.on_device``: ``auto`` holds a split on the device when it is a LevelDataset (labelled or not) whose levels
-take less than
-:data:`AUTO_FRACTION` of the free device memory (on the CPU the levels already live in host memory: no copy is
-made), ``true`` requires it, ``false`` keeps the DataLoader.
+take less than :data:`AUTO_FRACTION` of the free device memory (on the CPU the levels already live in host memory:
+no copy is made), ``true`` requires it, ``false`` keeps the DataLoader.
 """
 
 from __future__ import annotations
