@@ -35,6 +35,7 @@ except ImportError:  # a checkout that is not pip-installed (e.g. the lent GPU m
     import sys
 
     sys.path.insert(0, str(REPO / "src"))
+from vdmlab.analysis.report import markdown_table as markdown  # noqa: E402 - after the src/ fallback above
 from vdmlab.cli.common import pick_device  # noqa: E402 - after the src/ fallback above
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -164,9 +165,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
             return "–"
         return fmt.format(value) if fmt else str(value)
 
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown([h for _, h, _ in columns], [[cell(r, k, f) for k, _, f in columns] for r in rows])
 
 
 def output_path(name: str, device: torch.device, args: argparse.Namespace) -> Path:

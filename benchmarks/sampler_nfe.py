@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from vdmlab.analysis.report import markdown_table
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.diffusion.sampling import CALLS_PER_STEP
 from vdmlab.metrics.fid import FIDMetric, build_extractor, fid_feature
@@ -70,12 +71,11 @@ def main() -> None:
             "note": "CPU, preliminary, short checkpoint"}
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
     nfes = sorted({r["nfe"] for r in rows})
+    fids = {(r["sampler"], r["nfe"]): f"{r['fid']:.2f}" for r in rows}
+    table = markdown_table(["sampler", *(f"NFE {n}" for n in nfes)],
+                           [[name, *(fids.get((name, n), "-") for n in nfes)] for name in args.samplers])
     lines = [f"FID@{args.n} (digits-classifier features, vs the {meta['real']}) against network calls. "
-             f"{meta['note']}; {meta['machine']}.", "", "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-             "|---|" + "---|" * len(nfes)]
-    for name in args.samplers:
-        cells = {r["nfe"]: r for r in rows if r["sampler"] == name}
-        lines.append(f"| {name} | " + " | ".join(f"{cells[n]['fid']:.2f}" if n in cells else "-" for n in nfes) + " |")
+             f"{meta['note']}; {meta['machine']}.", "", table]
     lines += ["", f"`python benchmarks/sampler_nfe.py --ckpt <ckpt> --n {args.n} --nfe {' '.join(map(str, args.nfe))}`"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

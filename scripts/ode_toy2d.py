@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vdmlab.analysis.report import figure, save_figure
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.diffusion.ode_likelihood import ExactDivergence, RK4Solver, data_log_prob
 
@@ -66,12 +67,7 @@ def main() -> None:
     model_grid = ode_log_density(module, grid, args.steps).reshape(args.grid, args.grid)
     true_grid = data.log_prob(grid).float().reshape(args.grid, args.grid)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = figure(1, 3, figsize=(13, 4), dpi=110)
     vmin = max(float(true_grid.max()) - 12.0, float(true_grid.min()))
     for ax, image, title in ((axes[0], true_grid, "analytic log q(x)"), (axes[1], model_grid, "PF-ODE log p(x)")):
         im = ax.imshow(image.clamp(min=vmin).numpy(), origin="lower", extent=(-1, 1, -1, 1), vmin=vmin,
@@ -87,10 +83,7 @@ def main() -> None:
                       f"r = {numbers['pearson_r']:.3f}", fontsize=9)
     fig.suptitle(f"toy2d {data.name}: ODE log-density (RK4 {args.steps} steps, exact divergence) - CPU, preliminary, "
                  "short checkpoint", fontsize=10)
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    out = save_figure(fig, args.out)
     out.with_suffix(".json").write_text(json.dumps(numbers, indent=2))
     print(json.dumps(numbers, indent=2), f"\nfigure: {out}", flush=True)
     assert math.isfinite(numbers["mean_abs_diff_nats"])

@@ -1,5 +1,6 @@
 """Device-resident data (dataset.on_device): the same batches as the DataLoader path bit for bit, across epochs, a
-mid-epoch resume and DDP ranks, the same training under a real Trainer, and the auto choice with its reason."""
+mid-epoch resume and DDP ranks, for unconditional and class-conditional splits, the same training under a real
+Trainer, and the auto choice with its reason."""
 
 from functools import partial
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import vdmlab.data.base as base
+import vdmlab.data.samplers as samplers
 from vdmlab.data import DigitsDataModule, Toy2DDataModule
 from vdmlab.data.device import DeviceBatches, choose_on_device
 from vdmlab.diffusion.parameterization import EpsParameterization
@@ -33,8 +35,10 @@ def assert_same_batches(a, b):
 
 
 @pytest.mark.parametrize("make", [partial(DigitsDataModule, batch_size=64, eval_batch_size=50, num_workers=0),
+                                  partial(DigitsDataModule, batch_size=64, eval_batch_size=50, num_workers=0,
+                                          conditional=True),
                                   partial(Toy2DDataModule, n_train=1000, n_val=70, n_test=70, batch_size=96,
-                                          eval_batch_size=32, num_workers=0)], ids=["digits", "toy2d"])
+                                          eval_batch_size=32, num_workers=0)], ids=["digits", "digits-conditional", "toy2d"])
 def test_device_batches_equal_the_dataloaders_over_two_epochs_and_a_mid_epoch_resume(make):
     device, loader = make(on_device="true"), make(on_device="false")
     for epoch in (0, 1):
@@ -56,7 +60,8 @@ def test_device_batches_equal_the_dataloaders_over_two_epochs_and_a_mid_epoch_re
 def test_ddp_ranks_get_the_dataloaders_shards_and_together_every_example(split, monkeypatch):
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(base, "rank_and_world", lambda rank=rank: (rank, 2))
+        for module in (base, samplers):  # the sampler shards; the datamodule logs on rank 0 only
+            monkeypatch.setattr(module, "rank_and_world", lambda rank=rank: (rank, 2))
         device, loader = (DigitsDataModule(batch_size=32, eval_batch_size=7, num_workers=0, on_device=m)
                           for m in ("true", "false"))
         batches = epoch_batches(device, 3, split)[1]
@@ -64,7 +69,7 @@ def test_ddp_ranks_get_the_dataloaders_shards_and_together_every_example(split, 
         if split == "val":
             seen += torch.cat([index for index, _ in batches]).tolist()
         else:
-            order = base.EpochSampler(1437, seed=0)
+            order = samplers.EpochSampler(1437, seed=0)
             order.set_epoch(3)
             seen += list(order)[: len(batches) * 32]
     if split == "val":  # 180 examples on 2 ranks: no padding needed, each exactly once
@@ -103,6 +108,23 @@ def test_a_real_fit_trains_identically_on_both_paths_across_an_epoch_boundary():
     for key, value in results["true"][1].items():
         assert torch.equal(value, results["false"][1][key]), key
     assert results["true"][2].startswith("dataset.on_device=true: holding the 1437x1x8x8 uint8 train split")
+
+
+def test_a_conditional_run_gets_device_resident_batches_of_x_and_y_bit_for_bit():
+    device, loader = (DigitsDataModule(batch_size=64, eval_batch_size=50, num_workers=0, conditional=True, on_device=m)
+                      for m in ("auto", "false"))
+    for split, width in (("train", 2), ("val", 3), ("test", 3)):  # (x, y) and (index, x, y)
+        held, batches = epoch_batches(device, 2, split)
+        plain, expected = epoch_batches(loader, 2, split)
+        assert isinstance(held, DeviceBatches) and isinstance(plain, torch.utils.data.DataLoader)
+        assert len(batches) == len(expected) > 0
+        for got, want in zip(batches, expected):
+            assert len(got) == len(want) == width
+            for u, v in zip(got, want):
+                assert u.dtype == v.dtype and torch.equal(u, v)
+        x, y = batches[0][-2:]
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert device.on_device_reasons[split].startswith("dataset.on_device=auto: holding the ")
 
 
 class Files(torch.utils.data.Dataset):

@@ -30,6 +30,7 @@ CELLS = [
     import torch
     from IPython.display import Markdown, display
 
+    from vdmlab.analysis.report import markdown_table
     from vdmlab.diffusion import parameterization as PZ
     from vdmlab.diffusion.process import alpha_sigma, diffuse, posterior_mean_eps, transition
     from vdmlab.diffusion.schedules import CosineSchedule
@@ -41,10 +42,7 @@ CELLS = [
 
 
     def show_table(header, rows):
-        # render a list of rows as a Markdown table
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        display(Markdown("\n".join(lines)))
+        display(Markdown(markdown_table(header, rows)))
 
 
     PARAMS = {p.name: p for p in (PZ.XParameterization(), PZ.EpsParameterization(), PZ.ScoreParameterization(),

@@ -30,6 +30,7 @@ CELLS = [
     import torch
     from IPython.display import Image, Markdown, display
 
+    from vdmlab.analysis.report import markdown_table
     from vdmlab.callbacks.plots import plot_schedule_and_weighting  # the plot logged during training
     from vdmlab.diffusion import learned_schedules as LS
     from vdmlab.diffusion import schedules as S
@@ -44,10 +45,7 @@ CELLS = [
 
 
     def show_table(header, rows):
-        # render a list of rows as a Markdown table
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        display(Markdown("\n".join(lines)))
+        display(Markdown(markdown_table(header, rows)))
 
 
     LO, HI = -10.0, 10.0  # every schedule on the same endpoints, as vdmlab compares them
@@ -201,8 +199,8 @@ CELLS = [
     cosine = schedules["cosine"]
     monotonic = {f"sigmoid b={b:g}": W.SigmoidWeighting(b) for b in (-2.0, 0.0, 2.0, 4.0)}
     monotonic["v / flow"] = W.VWeighting()
-    u = torch.linspace(0.0, 1.0, 4003, dtype=torch.float64)[1:-1]
-    t_k = 0.5 - 0.5 * torch.cos(math.pi * u)  # interior points, denser near t = 0 and 1 where p_w can be steep
+    u = torch.linspace(0.0, 1.0, 4001, dtype=torch.float64)
+    t_k = 0.5 - 0.5 * torch.cos(math.pi * u)  # both ends included, denser near t = 0 and 1 where p_w can be steep
     ends = torch.tensor([LO, HI], dtype=torch.float64)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     rows = []

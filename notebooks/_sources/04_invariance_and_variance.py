@@ -32,6 +32,7 @@ CELLS = [
     from IPython.display import Markdown, display
     from torch import nn
 
+    from vdmlab.analysis.report import markdown_table
     from vdmlab.diffusion import learned_schedules as LS
     from vdmlab.diffusion import schedules as S
     from vdmlab.diffusion import weighting as W
@@ -46,10 +47,7 @@ CELLS = [
 
 
     def show_table(header, rows):
-        # render a list of rows as a Markdown table
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        display(Markdown("\n".join(lines)))
+        display(Markdown(markdown_table(header, rows)))
     """),
     (M, r"""
     ## Gaussian data and its exact denoiser

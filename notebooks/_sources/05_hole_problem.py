@@ -36,6 +36,7 @@ CELLS = [
     from IPython.display import Markdown, display
     from torch import nn
 
+    from vdmlab.analysis.report import markdown_table
     from vdmlab.data import Toy2DDataModule, levels_to_values
     from vdmlab.diffusion import likelihood, sampling
     from vdmlab.diffusion.parameterization import VParameterization
@@ -53,10 +54,7 @@ CELLS = [
 
 
     def show_table(header, rows):
-        # render a list of rows as a Markdown table
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        display(Markdown("\n".join(lines)))
+        display(Markdown(markdown_table(header, rows)))
 
 
     def log_mixture(z, means, variances):

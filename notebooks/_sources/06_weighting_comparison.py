@@ -26,10 +26,10 @@ CELLS = [
     import tempfile
     from pathlib import Path
 
-    import matplotlib.pyplot as plt
     from IPython.display import Markdown, display
 
-    from vdmlab.analysis.compare import COLORS, find_runs, group_by_seed, seeds_markdown
+    from vdmlab.analysis.runs import find_runs
+    from vdmlab.analysis.sweeps import fid_vs_bpd_figure, group_by_seed, seeds_markdown, val_bpd_figure
 
     %matplotlib inline
 
@@ -62,38 +62,15 @@ CELLS = [
     (EDM, IDDPM, `simple`, min-SNR) trade likelihood for sample quality.
     """),
     (C, r"""
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=80)
-    for g in groups:
-        key = "test/bpd" if g.values("test/bpd") else "val/bpd"
-        (x, xerr, _), (y, yerr, _) = g.stat(key), g.stat("fid")
-        if x is None or y is None:
-            continue
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=COLORS[g.monotonic])
-        ax.annotate(f"{g.weighting} (n={len(g.runs)})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for monotonic, label in ((True, "monotonic"), (False, "non-monotonic")):
-        ax.scatter([], [], color=COLORS[monotonic], label=label)
-    fid_n = sorted({r.fid[1] for r in runs if r.fid[1] is not None})
-    ax.set(xlabel="bits/dim (test): mean ± s.e. over seeds", ylabel=f"FID@{'/'.join(map(str, fid_n))}",
-           title="FID vs NLL")
-    ax.legend(fontsize=8)
-    plt.show()
+    display(fid_vs_bpd_figure(runs, groups, dpi=80))  # the figure compare.py writes as compare_fid_vs_bpd.png
     """),
     (M, r"""
     ## Validation bits/dim while training
 
-    One line per run; solid lines are monotonic weightings, dashed non-monotonic ones.
+    One line per weighting, the mean over its seeds with a ±1 standard-error band; solid lines are monotonic
+    weightings, dashed non-monotonic ones.
     """),
     (C, r"""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
-    for g in groups:
-        for r in g.runs:
-            curve = r.curves.get("val/bpd", [])
-            if curve:
-                steps, values = zip(*curve)
-                ax.plot(steps, values, marker=".", color=COLORS[g.monotonic],
-                        linestyle="-" if g.monotonic is not False else "--", label=f"{g.weighting}, seed {r.seed}")
-    ax.set(xlabel="step", ylabel="val/bpd", title="validation bits/dim")
-    ax.legend(fontsize=7, ncol=2)
-    plt.show()
+    display(val_bpd_figure(runs, groups, dpi=80))  # compare.py's compare_val_bpd.png
     """),
 ]

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from vdmlab.analysis.report import markdown_table
+
 OBJECTIVE = "val/bpd"
 
 
@@ -122,18 +124,17 @@ def search_markdown(sweep_dir: Path) -> str:
     if not trials:
         return "No finished trial yet (no trial folder holds a metrics.json).\n"
     keys = list(space)
-    header = ["rank", "trial", OBJECTIVE, *keys]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for rank, t in enumerate(trials, 1):
         cells = [str(rank), str(t.number), f"{t.value:.4f}"]
         cells += [f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-")) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    text = f"{len(trials)} finished trials, best first; objective {OBJECTIVE} (lower is better).\n\n" + "\n".join(lines)
+        rows.append(cells)
+    text = (f"{len(trials)} finished trials, best first; objective {OBJECTIVE} (lower is better).\n\n"
+            + markdown_table(["rank", "trial", OBJECTIVE, *keys], rows))
     try:
         shares = importances(trials, space)
     except ValueError as error:
         return text + f"\n\nNo importances: {error}.\n"
-    rows = "\n".join(f"| {key} | {share:.3f} |" for key, share in shares.items())
+    table = markdown_table(["parameter", "importance"], [(key, f"{share:.3f}") for key, share in shares.items()])
     return (text + "\n\nImportance of each parameter (Optuna's mean decrease in impurity of a random forest fitted to "
-            f"the finished trials; a coarse ranking with {len(trials)} trials):\n\n| parameter | importance |\n"
-            f"|---|---|\n{rows}\n")
+            f"the finished trials; a coarse ranking with {len(trials)} trials):\n\n{table}\n")

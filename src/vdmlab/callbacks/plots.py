@@ -28,8 +28,7 @@ def plot_curve(ax, x: torch.Tensor, y: torch.Tensor) -> None:
 def kernel_density(schedule: Schedule, weighting: Weighting, t: torch.Tensor) -> torch.Tensor | str:
     """The augmentation kernel p_w(t) on ``t``, or the reason there is none (w constant or not monotonic)."""
     try:
-        with torch.enable_grad():
-            return augmentation_kernel(weighting, schedule, t.clamp(1e-4, 1 - 1e-4)).detach().cpu()
+        return augmentation_kernel(weighting, schedule, t).cpu()  # exact at both ends: no clamp needed
     except ValueError:
         return ("no kernel p_w(t): w is constant,\nits kernel is a point mass at t = 0" if weighting.monotonic
                 else "no kernel p_w(t):\nw is not monotonic (eq. 4.148)")

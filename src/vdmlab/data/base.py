@@ -1,4 +1,4 @@
-"""Common base of all vdmlab datamodules, the quantization grid and the data-location error.
+"""Common base of all vdmlab datamodules and the data-location error.
 
 Every dataset lives on a K-level grid in [-1, 1]: level k ∈ {0, …, K-1} is the value ``-1 + 2k/(K-1)``
 (for 8-bit images K = 256, x = 2·pixel/255 - 1); the grid's formulas (``levels_to_values``, ``values_to_levels``)
@@ -10,6 +10,10 @@ Class labels, for class-conditional models, come with the batches only when aske
 ``dataset.conditional=true``): training batches are then ``(x, y)`` and evaluation batches ``(index, x, y)``
 instead of ``x`` and ``(index, x)``; :func:`split_batch` splits any of these forms. ``num_classes`` is known
 after ``__init__`` (None for unconditional data).
+
+The data layer imports in one direction: :mod:`~vdmlab.data.datasets` (the datasets and batch forms) and
+:mod:`~vdmlab.data.samplers` (the example order) import nothing of it, :mod:`~vdmlab.data.device` imports
+those two, and this module all three; the datasets' names are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,10 +25,24 @@ import math
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from vdmlab.checks import ParameterError, check_bool, check_choice, check_int
-from vdmlab.diffusion.likelihood import levels_to_values, values_to_levels  # noqa: F401 - the grid, re-exported
+from vdmlab.data.datasets import (  # noqa: F401 - the datasets, batch forms and the grid, re-exported
+    LabelledDataset,
+    LevelDataset,
+    StackedBatch,
+    UniqueIndexDataset,
+    collate,
+    level_dtype,
+    levels_to_values,
+    quantize,
+    split_batch,
+    split_index_batch,
+    values_to_levels,
+)
+from vdmlab.data.device import DeviceBatches, choose_on_device, level_source
+from vdmlab.data.samplers import EpochSampler
 from vdmlab.distributed import rank_and_world
 
 log = logging.getLogger("vdmlab")
@@ -34,155 +52,6 @@ ON_DEVICE_CHOICES = ("auto", "true", "false")
 
 class DatasetNotFoundError(FileNotFoundError):
     """The files of a dataset are not on disk and could not be downloaded (e.g. on an offline machine)."""
-
-
-def quantize(x: Tensor, num_levels: int) -> Tensor:
-    """Snap values in [-1, 1] (clamped first) to the nearest point of the K-level grid; returns float32."""
-    return levels_to_values(values_to_levels(x, num_levels), num_levels)
-
-
-def level_dtype(num_levels: int) -> torch.dtype:
-    """Smallest integer dtype that stores the levels 0..K-1 (uint8 for K <= 256)."""
-    return torch.uint8 if num_levels <= 256 else torch.int32
-
-
-class LevelDataset(Dataset):
-    """In-memory dataset of integer levels [N, *data_shape], converted to float32 in [-1, 1] per item."""
-
-    def __init__(self, levels: Tensor, num_levels: int):
-        """``levels``: integer tensor [N, *data_shape] with entries in 0..num_levels-1."""
-        if levels.is_floating_point():
-            raise TypeError(f"levels must be an integer tensor, got {levels.dtype}")
-        if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= num_levels):
-            raise ValueError(f"levels must lie in 0..{num_levels - 1}")
-        self.levels = levels
-        self.num_levels = int(num_levels)
-
-    def __len__(self) -> int:
-        return int(self.levels.shape[0])
-
-    def __getitem__(self, index: int) -> Tensor:
-        return levels_to_values(self.levels[index], self.num_levels)
-
-    def __getitems__(self, indices: list[int]) -> Tensor:
-        """A whole batch at once (the DataLoader's batched fetch): one indexing and conversion instead of B."""
-        return levels_to_values(self.levels[torch.as_tensor(indices, dtype=torch.long)], self.num_levels)
-
-
-class StackedBatch(tuple):
-    """A batch that a dataset's ``__getitems__`` already stacked, e.g. ``(x, y)``: passed through by the collate."""
-
-
-class LabelledDataset(Dataset):
-    """Wraps a dataset of x with a label tensor ``[N]``: item i is ``(x_i, y_i)``."""
-
-    def __init__(self, dataset: Dataset, labels: Tensor):
-        if len(labels) != len(dataset):
-            raise ValueError(f"{len(labels)} labels for a dataset of {len(dataset)} examples")
-        self.dataset, self.labels = dataset, torch.as_tensor(labels, dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        return self.dataset[index], self.labels[index]
-
-    def __getitems__(self, indices: list[int]):
-        """A whole batch ``(x, y)`` at once when the wrapped dataset stacks batches itself."""
-        if not hasattr(self.dataset, "__getitems__"):
-            return [self[i] for i in indices]
-        return StackedBatch((self.dataset.__getitems__(indices), self.labels[torch.as_tensor(indices, dtype=torch.long)]))
-
-
-class UniqueIndexDataset(Dataset):
-    """Wraps a dataset so that item i is ``(i, dataset[i])``, or ``(i, x_i, y_i)`` for a labelled one: the index
-    lets metrics drop DDP padding duplicates."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        return (index, *item) if isinstance(item, tuple) else (index, item)
-
-
-def split_batch(batch) -> tuple[Tensor | None, Tensor, Tensor | None]:
-    """``(index, x, y)`` from any batch form: ``x``, ``(x, y)``, ``(index, x)`` or ``(index, x, y)``; missing ones are None.
-
-    x is the floating-point member; an index is integer-valued, so ``(x, y)`` and ``(index, x)`` are told apart.
-    """
-    if isinstance(batch, Tensor):
-        return None, batch, None
-    batch = tuple(batch)
-    if len(batch) == 3:
-        return batch
-    first, second = batch
-    if isinstance(first, Tensor) and first.is_floating_point():
-        return None, first, second
-    return first, second, None
-
-
-def split_index_batch(batch) -> tuple[Tensor | None, Tensor]:
-    """``(index, x)`` from a batch of :class:`UniqueIndexDataset` or ``(None, x)`` from a plain tensor batch."""
-    index, x, _ = split_batch(batch)
-    return index, x
-
-
-class EpochSampler(Sampler[int]):
-    """Indices in an order that depends only on (seed, epoch), sharded across DDP ranks, and resumable.
-
-    With ``shuffle`` each epoch is ``randperm(n)`` from a generator seeded with ``seed + epoch`` (Lightning
-    calls :meth:`set_epoch`), so a resumed run sees the same order as an uninterrupted one. Under DDP the
-    order is padded with its first indices to a multiple of the world size and rank r takes every world-th
-    index from r (as ``DistributedSampler`` does; evaluation metrics drop the duplicates by index).
-    :meth:`skip` drops the examples a resumed epoch has already consumed; ``len`` stays that of a full epoch,
-    which is what Lightning's restored batch counter expects.
-    """
-
-    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True):
-        self.num_examples, self.seed, self.shuffle = int(num_examples), int(seed), bool(shuffle)
-        self.epoch = 0
-        self._skip: tuple[int, int] | None = None  # (epoch, examples to skip in that epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def skip(self, epoch: int, num_examples: int) -> None:
-        """Skip the first ``num_examples`` of this rank's order the next time ``epoch`` is iterated."""
-        self._skip = (int(epoch), int(num_examples))
-
-    def _order(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_examples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_examples))
-        rank, world = rank_and_world()
-        if world > 1:
-            order += order[: (-len(order)) % world]
-            order = order[rank::world]
-        return order
-
-    def __iter__(self):
-        order = self._order()
-        if self._skip is not None and self._skip[0] == self.epoch:
-            order = order[self._skip[1] :]
-            self._skip = None
-        return iter(order)
-
-    def __len__(self) -> int:
-        _, world = rank_and_world()
-        return -(-self.num_examples // world)
-
-
-def _collate(batch):
-    """Batches that a dataset's ``__getitems__`` already stacked pass through; anything else is collated as usual."""
-    if isinstance(batch, StackedBatch):
-        return tuple(batch)
-    return batch if isinstance(batch, Tensor) else default_collate(batch)
 
 
 class DiffusionDataModule(L.LightningDataModule, abc.ABC):
@@ -319,8 +188,6 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         The sampler shards across DDP ranks itself (the trainer runs with ``use_distributed_sampler=False``)
         and, for training, resumes mid-epoch from the position stored by :meth:`state_dict`.
         """
-        from vdmlab.data.device import DeviceBatches, choose_on_device, level_source
-
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=train)
         if train and self._resume is not None:
             sampler.skip(self._resume["epoch"], self._resume["batches_done"] * batch_size)
@@ -331,8 +198,9 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
             log.info(reason)
         self.on_device_reasons[split] = reason
         if held:
-            return DeviceBatches(level_source(dataset), batch_size, sampler, device, drop_last=train,
-                                 with_index=isinstance(dataset, UniqueIndexDataset))
+            source, labels = level_source(dataset)
+            return DeviceBatches(source, batch_size, sampler, device, drop_last=train,
+                                 with_index=isinstance(dataset, UniqueIndexDataset), labels=labels)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -341,7 +209,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
-            collate_fn=_collate,
+            collate_fn=collate,
         )
 
     def state_dict(self) -> dict[str, int]:

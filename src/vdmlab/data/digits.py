@@ -13,7 +13,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from vdmlab.data.base import DiffusionDataModule, LevelDataset
+from vdmlab.data.base import DiffusionDataModule
+from vdmlab.data.datasets import LevelDataset
 
 DIGITS_NUM_LEVELS = 17
 DIGITS_SHAPE = (1, 8, 8)

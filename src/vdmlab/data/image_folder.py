@@ -38,7 +38,8 @@ from torch.utils.data import Dataset
 
 from vdmlab.cache import atomic_save, load_checked
 from vdmlab.checks import ParameterError, check_bool, check_choice, check_float, check_folder, check_int
-from vdmlab.data.base import DiffusionDataModule, LevelDataset
+from vdmlab.data.base import DiffusionDataModule
+from vdmlab.data.datasets import LevelDataset
 
 log = logging.getLogger("vdmlab")
 

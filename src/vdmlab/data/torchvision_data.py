@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets.utils import extract_archive
 
 from vdmlab.checks import check_bool, check_folder, check_int
-from vdmlab.data.base import DatasetNotFoundError, DiffusionDataModule, LevelDataset
+from vdmlab.data.base import DatasetNotFoundError, DiffusionDataModule
+from vdmlab.data.datasets import LevelDataset
 
 _FIX = (
     "download them on a machine with internet and copy them there, "

@@ -25,7 +25,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vdmlab.checks import ParameterError, check_int, check_positive
-from vdmlab.data.base import DiffusionDataModule, LevelDataset, level_dtype, values_to_levels
+from vdmlab.data.base import DiffusionDataModule
+from vdmlab.data.datasets import LevelDataset, level_dtype, values_to_levels
 
 TOY2D_NAMES = ("five_clusters", "moons", "checkerboard", "ring", "gaussian")
 DEFAULT_NOISE = {"five_clusters": 0.08, "moons": 0.05, "checkerboard": 0.0, "ring": 0.03, "gaussian": 0.25}

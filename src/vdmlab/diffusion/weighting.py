@@ -149,20 +149,24 @@ class MinSNRWeighting(Weighting):
 
 
 def augmentation_kernel(weighting: Weighting, schedule: Schedule, t: Tensor) -> Tensor:
-    """Normalised augmentation kernel p_w(t) = (dw(λ_t)/dt)/(w(λ_min) - w(λ_max)), eq. (4.150).
+    """Normalised augmentation kernel p_w(t) = (dw/dλ · dλ/dt)/(w(λ_min) - w(λ_max)), eq. (4.150).
 
     Defined for monotonic weightings whose w varies over the schedule's range; ``elbo`` (w ≡ 1) is a point
-    mass at t = 0 and has no density.
+    mass at t = 0 and has no density. dλ/dt is the schedule's own (analytic, exact at both ends); only w is
+    differentiated, in λ. The kernel is a plotted diagnostic: no gradient flows to the schedule's parameters.
     """
     if not weighting.monotonic:
         raise ValueError(f"p_w(t) is a density only for monotonic weightings; {weighting!r} is not (eq. 4.148)")
+    def w_of(logsnr: Tensor) -> Tensor:
+        return weighting(logsnr, schedule.density(logsnr) if weighting.reads_density else None)
+
     ends = torch.tensor([schedule.logsnr_min, schedule.logsnr_max], dtype=t.dtype, device=t.device)
-    w_min, w_max = weighting(ends, schedule.density(ends))
+    w_min, w_max = w_of(ends)
     if not bool(w_min > w_max):
         raise ValueError(f"{weighting!r} is constant over the schedule's range: p_w(t) is a point mass at t=0")
+    with torch.no_grad():
+        logsnr, dlogsnr_dt = schedule(t)
     with torch.enable_grad():
-        t = t.detach().requires_grad_(True)
-        logsnr = schedule.logsnr(t)
-        w = weighting(logsnr, schedule.density(logsnr))
-        (dw_dt,) = torch.autograd.grad(w.sum(), t)
-    return dw_dt / (w_min - w_max)
+        logsnr = logsnr.detach().requires_grad_(True)
+        (dw_dlogsnr,) = torch.autograd.grad(w_of(logsnr).sum(), logsnr)
+    return dw_dlogsnr * dlogsnr_dt / (w_min - w_max)
