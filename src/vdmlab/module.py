@@ -25,6 +25,7 @@ from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.sampling import generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
+from vdmlab.lightning_compat import attached_trainer, uses_distributed_sampler, writes_step_logs
 from vdmlab.metrics.bpd import BPD_TERMS, BitsPerDim, update_bpd
 from vdmlab.metrics.fid import (
     INCEPTION_FEATURES,
@@ -221,7 +222,7 @@ class DiffusionModule(L.LightningModule):
                                               for stage in ("val", "test")})
 
     def setup(self, stage: str) -> None:
-        if self.trainer.world_size > 1 and getattr(self.trainer._accelerator_connector, "use_distributed_sampler", False):
+        if self.trainer.world_size > 1 and uses_distributed_sampler(self.trainer):
             raise ValueError(
                 "vdmlab's datamodules shard the data across DDP ranks themselves (resumable, each example counted "
                 "once); create the Trainer with use_distributed_sampler=False (the trainer configs do)"
@@ -324,9 +325,8 @@ class DiffusionModule(L.LightningModule):
 
     def _logging_step(self) -> bool:
         """Whether Lightning writes this step's on_step logs (every ``trainer.log_every_n_steps``, or a fast dev run)."""
-        if self._trainer is None:
-            return True
-        return bool(self.trainer.fast_dev_run) or self.trainer._logger_connector.should_update_logs
+        trainer = attached_trainer(self)
+        return True if trainer is None else writes_step_logs(trainer)
 
     def _log_generator(self) -> torch.Generator:
         """Noise for the logging-only train/bpd terms: per step, independent of the training noise."""
@@ -334,7 +334,7 @@ class DiffusionModule(L.LightningModule):
 
     def _accumulation(self) -> int:
         """k of ``trainer.accumulate_grad_batches``: micro-batches per optimizer step (1 without a trainer)."""
-        return int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+        return int(self.trainer.accumulate_grad_batches) if attached_trainer(self) is not None else 1
 
     def _train_times(self, batch_size: int, batch_idx: int, device: torch.device) -> Tensor:
         """Times of one micro-batch: with k micro-batches per optimizer step the sampler draws the step's k·B times
@@ -375,7 +375,7 @@ class DiffusionModule(L.LightningModule):
                 bpd = likelihood.bits_per_dim(terms.elbo + prior + reconstruction, self.data_dim).mean()
             self.log_dict(
                 {"train/loss": loss, "train/bpd": bpd, "train/loss_variance": terms.loss.var(),
-                 "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0},
+                 "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"] if attached_trainer(self) else 0.0},
                 prog_bar=False, on_step=True, on_epoch=False, batch_size=x.shape[0],
             )
             # the progress bar reads its values on the host: only on logging steps, so other steps never sync
@@ -532,7 +532,7 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vdmlab"] = {
             "config": self.run_config,
-            "noise_generator": self.noise_generator.get_state() if self._trainer is not None else None,
+            "noise_generator": self.noise_generator.get_state() if attached_trainer(self) is not None else None,
             "nonfinite_steps": self.nonfinite_steps,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],

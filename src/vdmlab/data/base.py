@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from vdmlab.checks import ParameterError, check_bool, check_choice, check_int
 from vdmlab.diffusion.likelihood import levels_to_values, values_to_levels  # noqa: F401 - the grid, re-exported
 from vdmlab.distributed import rank_and_world
+from vdmlab.lightning_compat import batches_done
 
 log = logging.getLogger("vdmlab")
 
@@ -350,7 +351,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         if trainer is None or not trainer.training:
             return {}
         return {"epoch": int(trainer.current_epoch),
-                "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)}
+                "batches_done": batches_done(trainer)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Remember the position of a resumed epoch; the next training loader skips what was consumed."""
