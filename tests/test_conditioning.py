@@ -105,8 +105,8 @@ def test_the_loss_and_the_elbo_pass_cond_to_the_network(param):
                           cond=labels)
     assert_all_cond(net.seen, labels)
     net.seen.clear()
-    likelihood.negative_elbo(x.clamp(-1, 1), net=net, schedule=schedule, parameterization=param, num_levels=17,
-                             num_samples=2, generator=gen, cond=labels)
+    likelihood.negative_elbo(x.clamp(-1, 1), likelihood.ELBOModel(net, schedule, param, num_levels=17, num_samples=2),
+                             generator=gen, cond=labels)
     assert_all_cond(net.seen, labels)
 
 
@@ -119,8 +119,8 @@ def test_bpd_step_and_ode_likelihood_pass_the_batch_labels_to_the_network():
     x = z.clamp(-1, 1)
     schedule, param = S.LinearSchedule(-5.0, 10.0), PZ.EpsParameterization()
     metrics = {term: BitsPerDim() for term in BPD_TERMS}
-    update_bpd(metrics, x, net=net, schedule=schedule, parameterization=param, num_levels=17, num_samples=1,
-               timesteps=None, generator=torch.Generator().manual_seed(0), cond=labels)
+    update_bpd(metrics, x, likelihood.ELBOModel(net, schedule, param, num_levels=17, num_samples=1),
+               generator=torch.Generator().manual_seed(0), cond=labels)
     assert_all_cond(net.seen, labels)
     net.seen.clear()
     result = evaluate_ode_bpd(net, schedule, param, [(torch.arange(B), x, labels)], 17, solver=OL.HeunSolver(2),
