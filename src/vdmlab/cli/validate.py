@@ -39,10 +39,14 @@ def _describe(prefix: str, error: BaseException) -> str:
         if isinstance(seen, ParameterError):
             return seen.message(prefix)
         if isinstance(seen, MissingMandatoryValue):
-            key = f"{prefix}{seen.key}" if seen.key else prefix.rstrip(".")
-            return f"{key} is missing: set it on the command line, e.g. python train.py {key}=..."
+            return _missing(seen.full_key if not prefix and seen.full_key else
+                            f"{prefix}{seen.key}" if seen.key else prefix.rstrip("."))
         innermost, seen = seen, seen.__cause__ or seen.__context__
     return f"{prefix.rstrip('.') or 'config'}: {innermost}"
+
+
+def _missing(key: str) -> str:
+    return f"{key} is missing: set it on the command line, e.g. python train.py {key}=..."
 
 
 def _container(node: Any) -> Any:
@@ -90,6 +94,7 @@ def validate_config(cfg: DictConfig) -> None:
     if fid is not None and datamodule is not None:
         attempt("", lambda: fid.extractor_feature(datamodule.data_shape, datamodule.num_levels))
     own = OmegaConf.masked_copy(cfg.module, [key for key in cfg.module if key not in MODULE_PARTIALS])
+    errors.extend(_missing(f"module.{key}") for key in sorted(OmegaConf.missing_keys(own)))  # a partial skips them
     attempt("module.", lambda: instantiate(own, _partial_=True)(  # its own arguments, around stand-in objects
         net=nn.Identity(), schedule=None, weighting=None, parameterization=None, num_levels=2, data_shape=(1,)))
     optimizer = attempt("module.optimizer.", lambda: _optimizer(cfg.module.optimizer))
