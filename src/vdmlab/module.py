@@ -24,7 +24,7 @@ from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.sampling import generate
 from vdmlab.diffusion.schedules import Schedule, logsnr_grid
 from vdmlab.diffusion.weighting import Weighting
-from vdmlab.fid_evaluation import STAGES, FIDEvaluation
+from vdmlab.fid_evaluation import FIDEvaluation
 from vdmlab.labels import ClassLabels
 from vdmlab.lightning_compat import attached_trainer, uses_distributed_sampler, writes_step_logs
 from vdmlab.metrics.bpd import LikelihoodMetrics
@@ -120,7 +120,7 @@ class DiffusionModule(L.LightningModule):
         # compiled training forward, kept out of module registration so state_dict keys stay those of ``net``
         object.__setattr__(self, "_train_net", torch.compile(self.net) if check_bool("compile", compile) else self.net)
         # bits/dim per split, each example counted once under DDP (indices from the evaluation loaders)
-        self.bpd_metrics = nn.ModuleDict({stage: LikelihoodMetrics(self.data_dim, self.num_classes) for stage in STAGES})
+        self.bpd_metrics = nn.ModuleDict({stage: LikelihoodMetrics(self.data_dim, self.num_classes) for stage in ("val", "test")})
         self.fid_config = FIDOptions(**fid) if isinstance(fid, dict) else fid
         self.fid_evaluation = None if fid is None else FIDEvaluation(self.fid_config, self.data_shape, self.num_levels)
 
