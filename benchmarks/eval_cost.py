@@ -65,8 +65,8 @@ def measure(args, device) -> tuple[list[dict], dict]:
 
         def run(k=k, results=results):
             generator = torch.Generator(device=device).manual_seed(0)
-            results.append(evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader,
-                                        module.num_levels, num_samples=k, generator=generator, device=device, seed=0))
+            results.append(evaluate_bpd(module.elbo_model(num_samples=k, timesteps=None), loader, generator=generator,
+                                        device=device, seed=0))
 
         times = common.timed(run, device, warmup=1, repeats=args.repeats)
         last = results[-1]

@@ -54,8 +54,7 @@ def bpd_batch_independent(device: torch.device) -> dict:
 
     def nats(batch):
         with torch.no_grad():
-            return torch.cat([negative_elbo(x[i:i + batch], net=module.ema.net, schedule=module.schedule,
-                                            parameterization=module.parameterization, num_levels=17, num_samples=8,
+            return torch.cat([negative_elbo(x[i:i + batch], module.elbo_model(num_samples=8, timesteps=None),
                                             example_ids=index[i:i + batch], seed=0).total
                               for i in range(0, 180, batch)])
 

@@ -65,8 +65,8 @@ def test_python_mirror_builds_the_composed_configs_run(kwargs):
     assert (mh.ema.decay, mh.ema.warmup) == (mp.ema.decay, mp.ema.warmup)
     assert (mh._train_net is mh.net) and (mp._train_net is mp.net)
     assert mh.time_sampler.func is mp.time_sampler.func and mh.time_sampler.keywords == mp.time_sampler.keywords
-    assert mh.sampler["fn"].func is mp.sampler["fn"].func
-    assert {k: v for k, v in mh.sampler.items() if k != "fn"} == {k: v for k, v in mp.sampler.items() if k != "fn"}
+    assert mh.sampler.fn.func is mp.sampler.fn.func
+    assert {k: v for k, v in vars(mh.sampler).items() if k != "fn"} == {k: v for k, v in vars(mp.sampler).items() if k != "fn"}
     opt_h, opt_p = (m.optimizer_factory(params=list(m.net.parameters())) for m in (mh, mp))
     assert type(opt_h) is type(opt_p)
     norm = lambda d: {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}

@@ -105,9 +105,32 @@ def test_the_loss_and_the_elbo_pass_cond_to_the_network(param):
                           cond=labels)
     assert_all_cond(net.seen, labels)
     net.seen.clear()
-    likelihood.negative_elbo(x.clamp(-1, 1), net=net, schedule=schedule, parameterization=param, num_levels=17,
-                             num_samples=2, generator=gen, cond=labels)
+    likelihood.negative_elbo(x.clamp(-1, 1), likelihood.ELBOModel(net, schedule, param, num_levels=17, num_samples=2),
+                             generator=gen, cond=labels)
     assert_all_cond(net.seen, labels)
+
+
+@pytest.mark.parametrize("per_example", [False, True], ids=["generator", "per-example"])
+def test_one_evaluation_gives_the_conditional_the_null_label_and_the_mixture_bounds(per_example):
+    """evaluate_bpd (eval.py) and the module's val/test share LikelihoodMetrics: in one pass it gives the bound of
+    p(x|y), that of p(x) under ∅ with the same noise as an evaluation of ∅ labels on its own, and the mixture's."""
+    from vdmlab.metrics.bpd import evaluate_bpd
+
+    z, _, labels = draw()
+    x = z.clamp(-1, 1)
+    model = likelihood.ELBOModel(RecordingNet(), S.LinearSchedule(-5.0, 10.0).double(), PZ.EpsParameterization(),
+                                 num_levels=17, num_samples=2)
+
+    def run(batch_labels, num_classes=None):
+        noise = {"seed": 3} if per_example else {"generator": torch.Generator().manual_seed(3)}
+        return evaluate_bpd(model, [(torch.arange(B), x, batch_labels)], num_classes=num_classes, **noise)
+
+    both, cond, uncond = run(labels, NUM_CLASSES), run(labels), run(null(labels))
+    assert (both["bpd"], both["bpd_se"]) == (cond["bpd"], cond["bpd_se"])
+    assert (both["bpd_uncond"], both["bpd_uncond_se"]) == (uncond["bpd"], uncond["bpd_se"])
+    assert both["bpd_uncond"] != both["bpd"]  # the labels matter to this net
+    assert both["bpd_mixture"] == pytest.approx(both["bpd"] + math.log2(NUM_CLASSES) / D)  # p(x) >= p(x|y)/C
+    assert "bpd_uncond" not in cond
 
 
 def test_bpd_step_and_ode_likelihood_pass_the_batch_labels_to_the_network():
@@ -119,8 +142,8 @@ def test_bpd_step_and_ode_likelihood_pass_the_batch_labels_to_the_network():
     x = z.clamp(-1, 1)
     schedule, param = S.LinearSchedule(-5.0, 10.0), PZ.EpsParameterization()
     metrics = {term: BitsPerDim() for term in BPD_TERMS}
-    update_bpd(metrics, x, net=net, schedule=schedule, parameterization=param, num_levels=17, num_samples=1,
-               timesteps=None, generator=torch.Generator().manual_seed(0), cond=labels)
+    update_bpd(metrics, x, likelihood.ELBOModel(net, schedule, param, num_levels=17, num_samples=1),
+               generator=torch.Generator().manual_seed(0), cond=labels)
     assert_all_cond(net.seen, labels)
     net.seen.clear()
     result = evaluate_ode_bpd(net, schedule, param, [(torch.arange(B), x, labels)], 17, solver=OL.HeunSolver(2),

@@ -47,8 +47,7 @@ def test_untrained_bpd_is_finite_and_far_above_the_trained_one(trained, tmp_path
     loader = evaluate.split_loader(built.datamodule, "val")
     scores = {}
     for name, module in (("trained", built.module), ("untrained", fresh)):
-        scores[name] = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, 17,
-                                    num_samples=4, seed=0)
+        scores[name] = evaluate_bpd(module.elbo_model(num_samples=4, timesteps=None), loader, seed=0)
     assert math.isfinite(scores["untrained"]["bpd"])
     assert scores["untrained"]["bpd"] > scores["trained"]["bpd"] + 2.0
     assert scores["trained"]["bpd"] < math.log2(17)  # the uniform baseline

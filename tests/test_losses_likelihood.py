@@ -165,9 +165,9 @@ def test_negative_elbo_in_bits_per_dim_is_finite_and_beats_uniform_for_the_oracl
     """With the Gaussian oracle on data quantized to 256 levels the bound is far below log2(256) = 8 bits/dim."""
     K = 256
     x = L.levels(K, dtype=torch.float64)[L.values_to_levels(draw_data(64), K)]
-    terms = L.negative_elbo(x, net=GaussianOracle(MU, STD), schedule=S.CosineSchedule(-10.0, 12.0),
-                            parameterization=PZ.EpsParameterization(), num_levels=K, num_samples=4,
-                            generator=torch.Generator().manual_seed(0))
+    model = L.ELBOModel(GaussianOracle(MU, STD), S.CosineSchedule(-10.0, 12.0), PZ.EpsParameterization(),
+                        num_levels=K, num_samples=4)
+    terms = L.negative_elbo(x, model, generator=torch.Generator().manual_seed(0))
     bpd = L.bits_per_dim(terms.total, D)
     assert torch.isfinite(bpd).all() and bpd.mean() < 8.0
     assert (terms.prior >= 0).all() and (terms.reconstruction >= 0).all() and (terms.diffusion >= 0).all()

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from vdmlab.data import DigitsDataModule
+from vdmlab.diffusion.likelihood import ELBOModel
 from vdmlab.metrics import (
     BitsPerDim,
     DigitsClassifierWeightsError,
@@ -164,9 +165,8 @@ def test_evaluate_bpd_untrained_unet_reports_finite_terms(parameterization):
     dm = DigitsDataModule(batch_size=128, eval_batch_size=None, num_workers=0)
     dm.setup()
     loader = DataLoader(UniqueIndexDataset(Subset(dm.test_set, range(40))), batch_size=16)
-    run = lambda: evaluate_bpd(
-        net, CosineSchedule(-10.0, 10.0), param, loader, num_levels=dm.num_levels, generator=torch.Generator().manual_seed(0)
-    )
+    run = lambda: evaluate_bpd(ELBOModel(net, CosineSchedule(-10.0, 10.0), param, num_levels=dm.num_levels), loader,
+                               generator=torch.Generator().manual_seed(0))
     result = run()
     assert result["n"] == 40 and result["seconds"] > 0
     for key in ("bpd", "bpd_se", "diffusion", "prior", "reconstruction"):

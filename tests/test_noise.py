@@ -9,7 +9,7 @@ from scipy import stats
 
 from vdmlab.data import DigitsDataModule
 from vdmlab.diffusion import noise
-from vdmlab.diffusion.likelihood import negative_elbo, per_example_normal
+from vdmlab.diffusion.likelihood import ELBOModel, negative_elbo, per_example_normal
 from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.schedules import LinearSchedule
 from vdmlab.models import UNet
@@ -69,9 +69,8 @@ def test_bits_per_dim_of_an_example_does_not_depend_on_the_batch_it_sits_in():
 
     def nats(batch):
         with torch.no_grad():
-            return torch.cat([negative_elbo(x[i:i + batch], net=net, schedule=LinearSchedule(-5.0, 10.0),
-                                            parameterization=EpsParameterization(), num_levels=17, num_samples=3,
-                                            example_ids=index[i:i + batch], seed=11).total
+            model = ELBOModel(net, LinearSchedule(-5.0, 10.0), EpsParameterization(), num_levels=17, num_samples=3)
+            return torch.cat([negative_elbo(x[i:i + batch], model, example_ids=index[i:i + batch], seed=11).total
                               for i in range(0, 180, batch)])
 
     # the noise is identical; the network's batched convolutions may round differently at different batch sizes

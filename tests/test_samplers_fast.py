@@ -94,5 +94,5 @@ def test_sampler_configs_compose_and_run(make_config, name):
 
     sampler = build_sampler(make_config([f"sampler={name}"]))
     logsnrs = S.logsnr_grid(S.CosineSchedule(-10.0, 10.0), 4)
-    assert torch.isfinite(sampler["fn"](DENOISE, torch.randn(3, 2, dtype=torch.float64), logsnrs.double())).all()
+    assert torch.isfinite(sampler.fn(DENOISE, torch.randn(3, 2, dtype=torch.float64), logsnrs.double())).all()
     assert name in sampling.CALLS_PER_STEP

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import lightning as L
 
+from vdmlab.lightning_compat import is_last_batch
+
 
 class ValidateAtEnd(L.Callback):
     """Run validation after the last training step: the last batch of the last epoch (``max_epochs``), the step that
@@ -28,9 +30,8 @@ class ValidateAtEnd(L.Callback):
         period = trainer.check_val_every_n_epoch
         if period in (None, 1) or not trainer.enable_validation:
             return
-        epoch_loop = trainer.fit_loop.epoch_loop
         last_epoch = (trainer.max_epochs is not None and trainer.max_epochs > 0
-                      and trainer.current_epoch + 1 >= trainer.max_epochs and epoch_loop.batch_progress.is_last_batch)
+                      and trainer.current_epoch + 1 >= trainer.max_epochs and is_last_batch(trainer))
         last_step = trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         if last_epoch or last_step or trainer.should_stop:
             if last_step:

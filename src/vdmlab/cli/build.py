@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vdmlab.cli.checkpoints import CheckpointError, load_checkpoint
 from vdmlab.data.base import DiffusionDataModule
 from vdmlab.module import DiffusionModule
+from vdmlab.options import FIDOptions, SamplerOptions
 
 
 @dataclass
@@ -22,19 +23,25 @@ class Run:
     module: DiffusionModule
 
 
-def build_sampler(cfg: DictConfig) -> dict[str, Any]:
-    """The sampler group: the sampler function, its number of steps, x̂ clipping, an optional sampling schedule and
-    the classifier-free guidance weight and λ interval (conditional models; absent in configs older than them: 0)."""
-    schedule = cfg.sampler.get("schedule")
-    return {
-        "fn": instantiate(cfg.sampler.fn),
-        "steps": cfg.sampler.steps,  # checked by the module (vdmlab.module.check_module_arguments)
-        "clip_x": cfg.sampler.clip_x,
-        "schedule": instantiate(schedule) if schedule else None,
-        "guidance": cfg.sampler.get("guidance"),  # checked by the module too; None (an older config): no guidance
-        "guidance_logsnr_min": cfg.sampler.get("guidance_logsnr_min"),
-        "guidance_logsnr_max": cfg.sampler.get("guidance_logsnr_max"),
-    }
+def build_options(node: DictConfig, cls: type) -> Any:
+    """Typed options (``vdmlab.options``) built by Hydra from their config node, which checks them. The config of
+    a checkpoint written before the node had its ``_target_`` gets it, and the keys added since (``ADDED_LATER``)
+    as null."""
+    if "_target_" not in node:
+        node = OmegaConf.merge({"_target_": f"{cls.__module__}.{cls.__qualname__}", **dict.fromkeys(cls.ADDED_LATER)},
+                               node)
+    return instantiate(node)
+
+
+def build_sampler(cfg: DictConfig) -> SamplerOptions:
+    """The sampler group: the sampler function, its steps, x̂ clipping, an optional sampling schedule and the
+    classifier-free guidance weight and λ interval."""
+    return build_options(cfg.sampler, SamplerOptions)
+
+
+def build_fid(cfg: DictConfig) -> FIDOptions | None:
+    """The FID options of training (``fid``), None when ``fid=null``."""
+    return build_options(cfg.fid, FIDOptions) if cfg.get("fid") else None
 
 
 def fill_num_classes(cfg: DictConfig, num_classes: int | None) -> None:
@@ -61,8 +68,8 @@ def build_run(cfg: DictConfig) -> Run:
     datamodule = instantiate(cfg.dataset)
     fill_num_classes(cfg, datamodule.num_classes)
     net = instantiate(cfg.model, data_shape=datamodule.data_shape)
-    module = instantiate(
-        cfg.module,
+    make_module = instantiate(cfg.module, _partial_=True, _convert_="partial")  # options go in as objects, not configs
+    module = make_module(
         net=net,
         schedule=instantiate(cfg.schedule),
         weighting=instantiate(cfg.weighting),
@@ -71,9 +78,8 @@ def build_run(cfg: DictConfig) -> Run:
         data_shape=datamodule.data_shape,
         num_classes=datamodule.num_classes,
         sampler=build_sampler(cfg),
-        fid=OmegaConf.to_container(cfg.fid, resolve=True) if cfg.get("fid") else None,
+        fid=build_fid(cfg),
         seed=cfg.seed,
-        _convert_="partial",
     )
     module.run_config = resolved_config(cfg)  # not through instantiate: it holds _target_ keys of its own
     return Run(datamodule=datamodule, module=module)

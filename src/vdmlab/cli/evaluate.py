@@ -17,7 +17,7 @@ from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import format_table, pick_device
 from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
-from vdmlab.diffusion.likelihood import balanced_mixture_bpd
+from vdmlab.fid_evaluation import compute_fid
 from vdmlab.loggers import capture_warnings, finish_loggers
 from vdmlab.metrics.bpd import evaluate_bpd
 from vdmlab.metrics.fid import FIDMetric, build_extractor, fid_feature, split_fid
@@ -50,7 +50,7 @@ def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.
     real, fake = recorder.take(), []
 
     def fake_fid(repeat: int) -> dict[str, float]:
-        values = module.compute_fid(metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat)
+        values = compute_fid(module, metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat)
         fake.append(recorder.take())  # this repeat's sample features
         return values
 
@@ -102,18 +102,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     likelihoods = likelihood_choice(cfg)
     metrics = {}
     if "elbo" in likelihoods:
-        bpd = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
-                           num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
-                           device=device, seed=int(cfg.seed))
-        metrics.update({f"{cfg.split}/{k}": float(v) for k, v in bpd.items()})
-        if module.num_classes is not None:  # p(x) of the same conditional model, with the null label (same noise)
-            uncond = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
-                                  num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps,
-                                  generator=torch.Generator(device=device).manual_seed(cfg.seed), device=device,
-                                  seed=int(cfg.seed), null_class=module.num_classes)
-            metrics.update({f"{cfg.split}/bpd_uncond": uncond["bpd"], f"{cfg.split}/bpd_uncond_se": uncond["bpd_se"]})
-            metrics[f"{cfg.split}/bpd_mixture"] = float(balanced_mixture_bpd(bpd["bpd"], module.num_classes,
-                                                                              module.data_dim))
+        bpd = evaluate_bpd(module.elbo_model(num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps), loader,
+                           generator=generator, device=device, seed=int(cfg.seed), num_classes=module.num_classes)
+        metrics.update({f"{cfg.split}/{k}": float(v) for k, v in bpd.items()})  # with bpd_uncond, bpd_mixture
     if "ode" in likelihoods:  # of p(x|y) with the true labels for a conditional model
         ode = evaluate_ode(module, loader.dataset.dataset, cfg.ode, loader.batch_size, device, int(cfg.seed))
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in ode.items()})

@@ -28,7 +28,6 @@ from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
 from vdmlab.metrics.fid import FIDMetric, fid_feature
 from vdmlab.metrics.sample_metrics import class_counts, class_histogram, nearest_neighbour_classes
-from vdmlab.module import GUIDANCE_KEYS
 
 log = logging.getLogger("vdmlab")
 
@@ -100,18 +99,16 @@ def run(cfg: DictConfig) -> Path:
         for key in ("logsnr_min", "logsnr_max"):
             if cfg.diffusion[key] is None:
                 cfg.diffusion[key] = getattr(module.schedule, key)
-    sampler = build_sampler(cfg)
-    module.sampler.update({key: sampler[key] for key in GUIDANCE_KEYS})
+    sampler = module.sampler = build_sampler(cfg)
     labels, nrow = sample_labels(cfg, module.num_classes, device)
-    labels = module.check_label_values(labels)  # clear errors: labels for an unconditional model, none for a conditional one
+    labels = module.labels.check_sampling(labels, device)  # clear errors: labels for an unconditional model, none for others
     num_samples = cfg.num_samples if labels is None else len(labels)
     schedule = instantiate(cfg.sampling_schedule) if cfg.get("sampling_schedule") else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     batches = []
     for start in range(0, num_samples, cfg.batch_size):
         n = min(cfg.batch_size, num_samples - start)
-        batches.append(module.sample(n, steps=sampler["steps"], sampler=sampler["fn"], clip_x=sampler["clip_x"],
-                                     schedule=schedule or sampler["schedule"], generator=generator,
+        batches.append(module.sample(n, schedule=schedule, generator=generator,
                                      labels=None if labels is None else labels[start : start + n]).cpu())
     x = torch.cat(batches)
     out = Path(cfg.paths.output_dir)
@@ -124,7 +121,7 @@ def run(cfg: DictConfig) -> Path:
     extra = {} if labels is None else {"y": labels.cpu().numpy()}
     np.savez_compressed(npz, x=x.numpy(), ckpt_path=str(cfg.ckpt_path),
                         sampler=OmegaConf.to_yaml(cfg.sampler), seed=cfg.seed, **extra)
-    metrics = {"num_samples": len(x), "steps": sampler["steps"], **{k: sampler[k] for k in GUIDANCE_KEYS}}
+    metrics = {"num_samples": len(x), "steps": sampler.steps, **sampler.guidance_settings()}
     if cfg.metrics:
         metrics.update(fid_and_class_accuracy(module, built, x, labels, cfg, device))
     (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))

@@ -2,7 +2,8 @@
 
 One mechanism: the objects check their own arguments (``vdmlab.checks``), and this builds each group's object
 from the config (the datamodule without reading data, the denoiser for its data shape, the schedule, weighting,
-parameterization, the sampler group and the module's own arguments), collecting every error with its config key
+parameterization, the sampler and FID options (``vdmlab.options``) and the module around a stand-in network),
+collecting every error with its config key
 (``model.width=-8 is invalid: it must be an integer >= 1``). A new parameter of any class is covered as soon as
 its class checks it. Runs before any data is read; unknown group options are already rejected by Hydra with the
 list of options.
@@ -17,13 +18,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+from torch import nn
 
 from vdmlab.checks import ParameterError, check_bool, check_float, check_int
-from vdmlab.diffusion.sampling import checked_sampler
-from vdmlab.module import GUIDANCE_KEYS, check_module_arguments
+from vdmlab.cli.build import build_fid, build_sampler
 
-#: the DiffusionModule arguments that are built objects or partials, checked when they are built
-MODULE_OBJECTS = ("_target_", "optimizer", "lr_scheduler", "time_sampler")
+#: the DiffusionModule's partials, each checked when built on its own below
+MODULE_PARTIALS = ("optimizer", "lr_scheduler", "time_sampler")
 
 
 class ConfigError(ValueError):
@@ -38,10 +39,14 @@ def _describe(prefix: str, error: BaseException) -> str:
         if isinstance(seen, ParameterError):
             return seen.message(prefix)
         if isinstance(seen, MissingMandatoryValue):
-            key = f"{prefix}{seen.key}" if seen.key else prefix.rstrip(".")
-            return f"{key} is missing: set it on the command line, e.g. python train.py {key}=..."
+            return _missing(seen.full_key if not prefix and seen.full_key else
+                            f"{prefix}{seen.key}" if seen.key else prefix.rstrip("."))
         innermost, seen = seen, seen.__cause__ or seen.__context__
     return f"{prefix.rstrip('.') or 'config'}: {innermost}"
+
+
+def _missing(key: str) -> str:
+    return f"{key} is missing: set it on the command line, e.g. python train.py {key}=..."
 
 
 def _container(node: Any) -> Any:
@@ -82,17 +87,16 @@ def validate_config(cfg: DictConfig) -> None:
     built = {group: attempt(f"{group}.", lambda group=group: instantiate(cfg[group]))
              for group in ("schedule", "weighting", "parameterization")}
     attempt("", lambda: check_weighting_schedule(cfg, built["weighting"], built["schedule"]))
-    schedule = cfg.sampler.get("schedule")
-    if isinstance(schedule, DictConfig):
-        schedule = attempt("sampler.schedule.", lambda: instantiate(cfg.sampler.schedule))
-    attempt("sampler.", lambda: check_module_arguments(sampler={
-        "fn": checked_sampler(instantiate(cfg.sampler.fn)), "steps": cfg.sampler.get("steps"),
-        "clip_x": cfg.sampler.get("clip_x"), "schedule": schedule, **{key: cfg.sampler.get(key) for key in GUIDANCE_KEYS}}))
-    module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
-    attempt("module.", lambda: check_module_arguments(**module))
-    attempt("", lambda: check_module_arguments(  # fid.* keys are named in full
-        fid=_container(cfg.get("fid")), data_shape=getattr(datamodule, "data_shape", None),
-        num_levels=getattr(datamodule, "num_levels", None)))
+    if not isinstance(cfg.sampler.get("schedule"), DictConfig) or attempt("sampler.schedule.",
+                                                                         lambda: instantiate(cfg.sampler.schedule)):
+        attempt("", lambda: build_sampler(cfg))  # its errors name sampler.* in full
+    fid = attempt("", lambda: build_fid(cfg))  # fid.* in full
+    if fid is not None and datamodule is not None:
+        attempt("", lambda: fid.extractor_feature(datamodule.data_shape, datamodule.num_levels))
+    own = OmegaConf.masked_copy(cfg.module, [key for key in cfg.module if key not in MODULE_PARTIALS])
+    errors.extend(_missing(f"module.{key}") for key in sorted(OmegaConf.missing_keys(own)))  # a partial skips them
+    attempt("module.", lambda: instantiate(own, _partial_=True)(  # its own arguments, around stand-in objects
+        net=nn.Identity(), schedule=None, weighting=None, parameterization=None, num_levels=2, data_shape=(1,)))
     optimizer = attempt("module.optimizer.", lambda: _optimizer(cfg.module.optimizer))
     if cfg.module.get("lr_scheduler"):  # (on a stand-in optimizer when the configured one is invalid)
         optimizer = optimizer or torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)

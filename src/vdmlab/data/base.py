@@ -44,6 +44,7 @@ from vdmlab.data.datasets import (  # noqa: F401 - the datasets, batch forms and
 from vdmlab.data.device import DeviceBatches, choose_on_device, level_source
 from vdmlab.data.samplers import EpochSampler
 from vdmlab.distributed import rank_and_world
+from vdmlab.lightning_compat import batches_done
 
 log = logging.getLogger("vdmlab")
 
@@ -218,7 +219,7 @@ class DiffusionDataModule(L.LightningDataModule, abc.ABC):
         if trainer is None or not trainer.training:
             return {}
         return {"epoch": int(trainer.current_epoch),
-                "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)}
+                "batches_done": batches_done(trainer)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Remember the position of a resumed epoch; the next training loader skips what was consumed."""

@@ -117,30 +117,38 @@ def per_example_normal(seeds: Tensor, shape: tuple[int, ...], device=None, dtype
     return counter_normal(0, seeds, 1, tuple(shape), dtype=dtype)[0]
 
 
+@dataclass(frozen=True)
+class ELBOModel:
+    """What the bound is computed of: the denoiser ``net`` with its schedule and parameterization, the data's K
+    levels, the time discretization (None: continuous time, eq. 3.134; T: the discrete-T bound, eq. A.38) and the
+    λ draws per example for the diffusion term."""
+
+    net: nn.Module
+    schedule: Schedule
+    parameterization: Parameterization
+    num_levels: int
+    timesteps: int | None = None
+    num_samples: int = 1
+
+
 def negative_elbo(
     x: Tensor,
+    model: ELBOModel,
     *,
-    net: nn.Module,
-    schedule: Schedule,
-    parameterization: Parameterization,
-    num_levels: int,
-    num_samples: int = 1,
-    timesteps: int | None = None,
     generator: torch.Generator | None = None,
     example_ids: Tensor | None = None,
     seed: int = 0,
     cond=None,
 ) -> ELBOTerms:
-    """-VLB(x) per example with ``num_samples`` low-discrepancy λ draws for the diffusion term, eq. (3.60).
+    """-VLB(x) per example with ``model.num_samples`` low-discrepancy λ draws for the diffusion term, eq. (3.60).
 
-    Continuous time (eq. 3.134) when ``timesteps`` is None, else the discrete-T bound (eqs. 3.62, A.38).
     The noise comes from ``generator``, or, when ``example_ids`` (dataset indices) are given, from the
     counter-based generator of :mod:`vdmlab.diffusion.noise` (ε a pure function of (seed, id, draw), made on
     the device in one batched call) with times t = frac(u + id·φ): then every example's estimate is independent
     of how the data are batched or sharded across DDP ranks. ``cond`` (e.g. class labels) conditions the network:
     the bound is then on -log p(x | cond).
     """
-    batch = x.shape[0]
+    batch, num_samples = x.shape[0], model.num_samples
     if example_ids is None:
         t_0 = low_discrepancy_times(batch, generator=generator, device=x.device)
         draws = [torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for _ in range(num_samples + 1)]
@@ -150,13 +158,13 @@ def negative_elbo(
         wide = torch.float32 if x.device.type == "mps" else torch.float64
         t_0 = torch.remainder(u + ids.to(wide) * GOLDEN, 1.0).to(x.dtype)
         draws = counter_normal(seed, ids, num_samples + 1, x.shape[1:], dtype=x.dtype)  # [S + 1, B, ...], on device
-    prior, reconstruction = endpoint_terms(x, schedule, draws[0], num_levels)
+    prior, reconstruction = endpoint_terms(x, model.schedule, draws[0], model.num_levels)
     diffusion = torch.zeros(batch, device=x.device, dtype=x.dtype)
     for k in range(num_samples):
         t = torch.remainder(t_0 + k / num_samples, 1.0)  # stratified per example and across the batch
         terms = diffusion_loss(
-            x, t, draws[k + 1], net=net, schedule=schedule, weighting=ELBOWeighting(),
-            parameterization=parameterization, timesteps=timesteps, cond=cond,
+            x, t, draws[k + 1], net=model.net, schedule=model.schedule, weighting=ELBOWeighting(),
+            parameterization=model.parameterization, timesteps=model.timesteps, cond=cond,
         )
         diffusion = diffusion + terms.elbo.detach() / num_samples
     return ELBOTerms(diffusion=diffusion, prior=prior, reconstruction=reconstruction)

@@ -7,22 +7,66 @@ a conditioning and classifier-free guidance bound in, ``Parameterization.denoise
 ``logsnrs`` is an increasing grid λ(1) < … < λ(0) from any sampling schedule (``schedules.logsnr_grid``),
 which need not be the training schedule because the network is conditioned on λ (§4.3, A.4).
 ``generate`` draws z_1 ~ N(0, I), runs a sampler and decodes to the K data levels.
+
+Each sampler declares, next to its function (``@declare_sampler``), its network calls per step and the check of
+every option a config can bind (``fn.<option>`` in conf/sampler/<name>.yaml); a config binding an undeclared option
+is an error. Adding a sampler is a function here and its conf/sampler/<name>.yaml (tests/test_sampler_registry.py
+checks that they agree).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from vdmlab.checks import check_float
+from vdmlab.checks import ParameterError, check_float
 from vdmlab.diffusion.likelihood import decode
 from vdmlab.diffusion.parameterization import Denoiser
 from vdmlab.diffusion.process import alpha_sigma, expand_like, posterior_mean, posterior_variance
 
 Sampler = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What a sampler declares: network calls per step (for NFE budgets) and, for every option a config can bind,
+    its check ``(config key, value) -> value``."""
+
+    calls_per_step: int
+    options: Mapping[str, Callable[[str, Any], Any]] = field(default_factory=dict)
+
+
+def declare_sampler(calls_per_step: int, **options: Callable[[str, Any], Any]) -> Callable[[Sampler], Sampler]:
+    """Attach a :class:`SamplerSpec` to a sampler function (``fn.spec``)."""
+    def declare(fn: Sampler) -> Sampler:
+        fn.spec = SamplerSpec(calls_per_step, dict(options))
+        return fn
+    return declare
+
+
+def sampler_spec(fn: Sampler, key: str = "sampler.fn") -> SamplerSpec:
+    """The declaration of a sampler function, or of a ``functools.partial`` of one (Hydra's ``_partial_``)."""
+    spec = getattr(getattr(fn, "func", fn), "spec", None)
+    if not isinstance(spec, SamplerSpec):
+        raise ParameterError(key, getattr(fn, "__name__", repr(fn)), "it must be a sampler of vdmlab.diffusion.sampling "
+                             "(a function declared with @declare_sampler, bound as a _partial_ target)")
+    return spec
+
+
+def checked_sampler(fn: Sampler, key: str = "sampler.fn") -> Sampler:
+    """``fn`` after checking every option its config bound against the sampler's declaration."""
+    spec = sampler_spec(fn, key)
+    for name, value in getattr(fn, "keywords", {}).items():
+        if name not in spec.options:
+            known = ", ".join(spec.options) or "none"
+            raise ParameterError(f"{key}.{name}", value, f"{fn.func.__name__} takes no option {name} (its options: {known})")
+        spec.options[name](f"{key}.{name}", value)
+    return fn
 
 
 def _steps(logsnrs: Tensor, batch: int):
@@ -31,6 +75,7 @@ def _steps(logsnrs: Tensor, batch: int):
         yield logsnr_t.expand(batch), logsnr_s.expand(batch)
 
 
+@declare_sampler(calls_per_step=1)
 @torch.no_grad()
 def ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Ancestral sampling z_s = μθ(z_t; s, t) + σ_Q(s, t)·ε, eqs. (3.103-3.104) in expm1 form (A.21, A.29)."""
@@ -41,6 +86,7 @@ def ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Ge
     return z
 
 
+@declare_sampler(calls_per_step=1)
 @torch.no_grad()
 def ddim(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Deterministic DDIM, z_s = α_s x̂ + σ_s ε̂ (Song et al. 2021a): Euler on the probability-flow ODE."""
@@ -51,6 +97,7 @@ def ddim(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generat
     return z
 
 
+@declare_sampler(calls_per_step=2)
 @torch.no_grad()
 def heun(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Probability-flow ODE dy/dη = ε̂ in y = z/α, η = σ/α = e^{-λ/2}, integrated with Heun's method (EDM)."""
@@ -71,6 +118,7 @@ def _eta(logsnr: Tensor) -> Tensor:
     return torch.exp(-0.5 * logsnr)
 
 
+@declare_sampler(calls_per_step=1)
 @torch.no_grad()
 def dpmpp_2m(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), the multistep 2nd-order data-prediction ODE solver.
@@ -95,6 +143,7 @@ def dpmpp_2m(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Gen
     return z
 
 
+@declare_sampler(calls_per_step=1, eta=lambda key, v: check_float(key, v, minimum=0.0, maximum=1.0))
 @torch.no_grad()
 def euler_ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None,
                     eta: float = 1.0) -> Tensor:
@@ -117,6 +166,9 @@ def euler_ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: to
     return z
 
 
+@declare_sampler(calls_per_step=2, s_churn=lambda key, v: check_float(key, v, minimum=0.0),
+                 s_noise=lambda key, v: check_float(key, v, minimum=0.0, open_min=True),
+                 logsnr_churn_min=check_float, logsnr_churn_max=check_float)
 @torch.no_grad()
 def edm(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None, *,
         s_churn: float, s_noise: float, logsnr_churn_min: float, logsnr_churn_max: float) -> Tensor:
@@ -149,27 +201,9 @@ def edm(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generato
     return z
 
 
-#: Network calls per step of each sampler (for NFE budgets): Heun-type steps call the network twice.
-CALLS_PER_STEP = {"ancestral": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 1, "euler_ancestral": 1, "edm": 2}
-
-
-
-# the rule for every sampler option a config can bind (conf/sampler/<name>.yaml, ``fn.<option>``)
-SAMPLER_OPTIONS: dict[str, Callable] = {
-    "eta": lambda key, v: check_float(key, v, minimum=0.0, maximum=1.0),
-    "s_churn": lambda key, v: check_float(key, v, minimum=0.0),
-    "s_noise": lambda key, v: check_float(key, v, minimum=0.0, open_min=True),
-    "logsnr_churn_min": lambda key, v: check_float(key, v),
-    "logsnr_churn_max": lambda key, v: check_float(key, v),
-}
-
-
-def checked_sampler(fn: Sampler) -> Sampler:
-    """``fn`` after checking the options its config bound (a ``functools.partial`` from Hydra's ``_partial_``)."""
-    for name, value in getattr(fn, "keywords", {}).items():
-        if name in SAMPLER_OPTIONS:
-            SAMPLER_OPTIONS[name](f"sampler.fn.{name}", value)
-    return fn
+#: Network calls per step of each sampler, from the declarations above (for NFE budgets)
+CALLS_PER_STEP = {name: fn.spec.calls_per_step for name, fn in list(globals().items())
+                  if isinstance(getattr(fn, "spec", None), SamplerSpec)}
 
 
 @torch.no_grad()

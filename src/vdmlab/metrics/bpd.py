@@ -31,9 +31,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from vdmlab.data.base import UniqueIndexDataset, split_batch, split_index_batch  # noqa: F401 - re-exported
-from vdmlab.diffusion.likelihood import ELBOTerms, negative_elbo
-from vdmlab.diffusion.parameterization import Parameterization
-from vdmlab.diffusion.schedules import Schedule
+from vdmlab.diffusion.likelihood import ELBOModel, ELBOTerms, balanced_mixture_bpd, negative_elbo
 
 
 def mean_and_standard_error(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,19 +141,13 @@ class BitsPerDim(Metric):
 
 #: the logged bits/dim terms: the total negative ELBO and its three terms (eq. 3.60)
 BPD_TERMS = ("bpd", "bpd_diffusion", "bpd_prior", "bpd_reconstruction")
-TERMS = ("diffusion", "prior", "reconstruction")
 
 
 def update_bpd(
     metrics: Mapping[str, BitsPerDim],
     x: Tensor,
+    model: ELBOModel,
     *,
-    net: nn.Module,
-    schedule: Schedule,
-    parameterization: Parameterization,
-    num_levels: int,
-    num_samples: int,
-    timesteps: int | None,
     generator: torch.Generator | None = None,
     index: Tensor | None = None,
     example_ids: Tensor | None = None,
@@ -163,18 +155,14 @@ def update_bpd(
     cond: Tensor | None = None,
     terms: tuple[str, ...] = BPD_TERMS,
 ) -> ELBOTerms:
-    """One batch of the bits/dim evaluation, the one used by training (val/test) and ``python eval.py``.
+    """One batch of the bits/dim evaluation of ``model``: the negative ELBO per example (``negative_elbo``,
+    eq. 3.60) is added to ``metrics[term]`` for every term of ``terms`` (default: all of ``BPD_TERMS``).
 
-    The negative ELBO per example (``negative_elbo``, eq. 3.60) is added to ``metrics[term]`` for every term of
-    ``terms`` (default: all of ``BPD_TERMS``); ``index`` puts the metrics in their DDP-exact index mode,
-    ``example_ids`` (with ``seed``) draws the noise per example instead of from ``generator``; ``cond`` (class
-    labels ``[B]``, or None) makes it the bound on -log p(x|y) of a conditional model. Returns the terms in nats.
+    ``index`` puts the metrics in their DDP-exact index mode, ``example_ids`` (with ``seed``) draws the noise per
+    example instead of from ``generator``; ``cond`` (class labels ``[B]``, or None) makes it the bound on
+    -log p(x|y) of a conditional model. Returns the terms in nats.
     """
-    elbo = negative_elbo(
-        x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
-        num_samples=num_samples, timesteps=timesteps, generator=generator, example_ids=example_ids, seed=seed,
-        cond=cond,
-    )
+    elbo = negative_elbo(x, model, generator=generator, example_ids=example_ids, seed=seed, cond=cond)
     data_dim = x[0].numel()
     for term, nats in zip(BPD_TERMS, (elbo.total, elbo.diffusion, elbo.prior, elbo.reconstruction)):
         if term not in terms:
@@ -185,40 +173,84 @@ def update_bpd(
     return elbo
 
 
+class LikelihoodMetrics(nn.Module):
+    """The bits/dim of one split, the one computation for training's val/test and ``python eval.py``: the negative
+    ELBO and its terms (``BPD_TERMS``), of p(x|y) for a class-conditional model (``num_classes`` classes), which
+    then also gets ``bpd_uncond``, the bound on p(x) of the same model with every label replaced by the null label
+    ∅ (= ``num_classes``) and the same noise, and ``bpd_mixture``, the bound on p(x) of the balanced class mixture
+    (1/C)·Σ_y p(x|y) (``likelihood.balanced_mixture_bpd``)."""
+
+    def __init__(self, data_dim: int | None = None, num_classes: int | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.terms = nn.ModuleDict({term: BitsPerDim(data_dim) for term in BPD_TERMS})
+        self.uncond = None if num_classes is None else BitsPerDim(data_dim)
+
+    def update(self, x: Tensor, model: ELBOModel, y: Tensor | None = None, *,
+               generator: torch.Generator | None = None, **noise) -> None:
+        """Add one batch (labels ``y`` for a conditional model); ``noise``: ``update_bpd``'s index,
+        example_ids and seed. The null-label pass draws the same noise as the labelled one."""
+        state = None if generator is None or y is None else generator.get_state()
+        update_bpd(self.terms, x, model, generator=generator, cond=y, **noise)  # -log p(x|y) when conditional
+        if y is not None and self.uncond is not None:
+            if state is not None:
+                generator.set_state(state)
+            update_bpd({"bpd": self.uncond}, x, model, generator=generator, cond=torch.full_like(y, self.num_classes),
+                       terms=("bpd",), **noise)
+
+    def compute(self) -> dict[str, float]:
+        """``{"bpd", "bpd_se", "bpd_diffusion", "bpd_prior", "bpd_reconstruction", "n"}`` and, for a conditional
+        model, ``"bpd_uncond", "bpd_uncond_se", "bpd_mixture"``; empty before any update (collective under DDP)."""
+        if not self.terms["bpd"].update_called:
+            return {}
+        total = self.terms["bpd"].stats()
+        result = {"bpd": float(total["bpd"]), "bpd_se": float(total["bpd_se"])}
+        result.update({term: float(self.terms[term].stats()["bpd"]) for term in BPD_TERMS[1:]})
+        result["n"] = int(total["n"])
+        if self.uncond is not None:
+            uncond = self.uncond.stats()
+            data_dim = self.terms["bpd"].data_dim
+            result.update(bpd_uncond=float(uncond["bpd"]), bpd_uncond_se=float(uncond["bpd_se"]),
+                          bpd_mixture=float(balanced_mixture_bpd(total["bpd"], self.num_classes, data_dim)))
+        return result
+
+    def reset(self) -> None:
+        for metric in (*self.terms.values(), *([self.uncond] if self.uncond is not None else [])):
+            metric.reset()
+
+
 def evaluate_bpd(
-    net: nn.Module,
-    schedule: Schedule,
-    parameterization: Parameterization,
+    model: ELBOModel,
     dataloader: Iterable,
-    num_levels: int,
-    num_samples: int = 1,
-    timesteps: int | None = None,
+    *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     seed: int | None = None,
-    null_class: int | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, float]:
-    """The negative ELBO (eq. 3.60) over a dataloader, in bits/dim, with each term and the standard error.
+    """The negative ELBO (eq. 3.60) of ``model`` over a dataloader, in bits/dim, with each term and the standard
+    error (:class:`LikelihoodMetrics`).
 
     With ``seed`` and ``(index, x)`` batches the noise is drawn per example (``negative_elbo``'s
     ``example_ids``), so the result does not depend on batching; otherwise it comes from ``generator``.
 
     Batches are tensors ``x`` or ``(index, x)`` pairs from :class:`UniqueIndexDataset`, or ``(index, x, y)`` with
-    class labels y for a conditional model: the bound is then on -log p(x|y), or, with ``null_class`` (the null
-    label ∅ of classifier-free guidance), on -log p(x) of the same model with every label replaced by ∅. Runs under
-    ``torch.no_grad`` (not ``inference_mode``: the energy parameterization differentiates internally) with
-    ``net`` in eval mode, restoring its mode afterwards. With ``device`` given, ``net`` and ``schedule`` are
-    moved there; ``generator`` (if any) must live on that device.
+    class labels y for a conditional model of ``num_classes`` classes: the bound is then on -log p(x|y), and the
+    result also holds ``bpd_uncond`` (p(x) with the null label), its ``bpd_uncond_se`` and ``bpd_mixture``. Runs
+    under ``torch.no_grad`` (not ``inference_mode``: the energy parameterization differentiates internally) with
+    the net in eval mode, restoring its mode afterwards. With ``device`` given, the net and schedule are moved
+    there; ``generator`` (if any) must live on that device.
 
-    Returns ``{"bpd", "bpd_se", "diffusion", "prior", "reconstruction", "n", "seconds"}``; the three terms are
-    mean bits/dim and add up to ``bpd``.
+    Returns ``{"bpd", "bpd_se", "diffusion", "prior", "reconstruction", "n", "seconds"}`` (and the conditional
+    keys); the three terms are mean bits/dim and add up to ``bpd``.
     """
+    net = model.net
     if device is not None:
         net.to(device)
-        schedule.to(device)
+        model.schedule.to(device)
     else:
         device = next(iter(net.parameters()), torch.empty(0)).device
-    metrics = {term: BitsPerDim() for term in BPD_TERMS}
+    metrics = LikelihoodMetrics(num_classes=num_classes)
     was_training = net.training
     net.eval()
     start = time.perf_counter()
@@ -226,16 +258,11 @@ def evaluate_bpd(
         with torch.no_grad():
             for batch in dataloader:
                 index, x, y = split_batch(batch)
-                if y is not None:
-                    y = (torch.full_like(y, null_class) if null_class is not None else y).to(device)
                 per_example = seed is not None and index is not None
-                update_bpd(metrics, x.to(device), net=net, schedule=schedule, parameterization=parameterization,
-                           num_levels=num_levels, num_samples=num_samples, timesteps=timesteps, generator=generator,
-                           example_ids=index if per_example else None, seed=seed or 0, cond=y)
+                metrics.update(x.to(device), model, None if y is None else y.to(device), generator=generator,
+                               example_ids=index if per_example else None, seed=seed or 0)
     finally:
         net.train(was_training)
-    total = metrics["bpd"].stats()
-    result = {"bpd": float(total["bpd"]), "bpd_se": float(total["bpd_se"])}
-    result.update({name: float(metrics[f"bpd_{name}"].compute()) for name in TERMS})
-    result.update(n=int(total["n"]), seconds=time.perf_counter() - start)
+    result = {key.removeprefix("bpd_") if key in BPD_TERMS else key: value for key, value in metrics.compute().items()}
+    result.update(seconds=time.perf_counter() - start)
     return result
