@@ -2,19 +2,58 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
 
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash leaves no half-written cache."""
+class DiskFullError(OSError):
+    """A write did not fit on its filesystem; the previous file (if any) is untouched."""
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically on any local filesystem: a temporary file in the target's own folder
+    (so the rename never crosses filesystems), flushed and fsynced, then renamed over the target and the folder
+    fsynced. A crash or a full disk leaves either the old file or the new one, never a truncated one; a full disk
+    raises :class:`DiskFullError` naming the folder and the space needed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(
+                error.errno, f"no space left in {path.parent} to write {path.name}: it needs {len(data) / 2**20:.1f} MiB, "
+                f"{free / 2**20:.1f} MiB are free; {'the previous ' + path.name + ' is untouched' if path.exists() else 'nothing was written'}. "
+                f"Free some space there or write elsewhere (paths.log_dir=...)") from None
+        raise
+    try:  # make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:  # some filesystems do not support fsync on folders
+        pass
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to memory, then :func:`atomic_write_bytes`: a crash leaves no half-written file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(buffer.getvalue(), path)
 
 
 def move_aside(path: Path, reason: str, what: str = "cache") -> Path:
