@@ -46,7 +46,7 @@ def interrupted_chain(tmp_path: Path, sig: str, moments: list[str], env: dict | 
     command the interrupt message printed), then finish; returns the run folder and every output."""
     log_dir, outputs, run_dir = tmp_path / "logs", [], None
     for i, moment in enumerate([*moments, None]):
-        extra = [f"+callbacks.signal_at._target_=signal_at.SignalAt", f"+callbacks.signal_at.at={moment}",
+        extra = ["+callbacks.signal_at._target_=signal_at.SignalAt", f"+callbacks.signal_at.at={moment}",
                  f"+callbacks.signal_at.sig={sig}"] if moment else []
         resume = ["ckpt_path=last", f"resume_dir={run_dir}"] if run_dir else []
         result = train(log_dir, *extra, *resume, env=env)

@@ -10,10 +10,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from hydra.errors import CompactHydraException
 
 
-class DiskFullError(OSError):
-    """A write did not fit on its filesystem; the previous file (if any) is untouched."""
+class DiskFullError(CompactHydraException, OSError):
+    """A write did not fit on its filesystem; the previous file (if any) is untouched (python train.py prints the
+    message alone)."""
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
@@ -34,10 +36,11 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             free = shutil.disk_usage(path.parent).free
+            kept = f"the previous {path.name} is untouched" if path.exists() else "nothing was written"
             raise DiskFullError(
-                error.errno, f"no space left in {path.parent} to write {path.name}: it needs {len(data) / 2**20:.1f} MiB, "
-                f"{free / 2**20:.1f} MiB are free; {'the previous ' + path.name + ' is untouched' if path.exists() else 'nothing was written'}. "
-                f"Free some space there or write elsewhere (paths.log_dir=...)") from None
+                error.errno, f"no space left in {path.parent} to write {path.name}: it needs {len(data) / 2**20:.1f} "
+                f"MiB, {free / 2**20:.1f} MiB are free; {kept}. Free some space there or write elsewhere "
+                f"(paths.log_dir=...)") from None
         raise
     try:  # make the rename itself durable
         folder = os.open(path.parent, os.O_RDONLY)

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or not a vdmlab checkpoint."""
+class CheckpointError(CompactHydraException, ValueError):
+    """A checkpoint is missing, unreadable, or not a vdmlab checkpoint (python train.py prints its message alone,
+    without a traceback; HYDRA_FULL_ERROR=1 shows it)."""
 
 
 def find_last_checkpoints(log_dir: str | Path, task_name: str) -> list[Path]:

@@ -19,13 +19,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
-from vdmlab.cli.build import build_run, resolved_config
 from vdmlab.callbacks.interrupt import CheckpointOnInterrupt
 from vdmlab.checkpoint_io import AtomicCheckpointIO
+from vdmlab.cli.build import build_run, resolved_config
 from vdmlab.cli.checkpoints import CheckpointError, check_resume_config, load_checkpoint, resolve_ckpt_path
 from vdmlab.cli.common import format_table
 from vdmlab.cli.rerun import continue_previous_job, record_job_end, record_job_start, set_threads
-from vdmlab.cli.validate import validate_config
+from vdmlab.cli.validate import ConfigError, validate_config
 from vdmlab.loggers import capture_warnings, finish_loggers
 
 log = logging.getLogger("vdmlab")
@@ -118,9 +118,48 @@ def lock_run_folder(folder: Path) -> Path | None:
     raise RunFolderLocked(f"could not lock {folder} ({lock})")
 
 
+#: the trainer's counters: (key, smallest value, the "no limit" values it also takes)
+TRAINER_COUNTS = (("max_epochs", 1, (-1, None)), ("max_steps", 1, (-1,)), ("check_val_every_n_epoch", 1, (None,)),
+                  ("log_every_n_steps", 1, ()), ("accumulate_grad_batches", 1, ()), ("num_nodes", 1, ()),
+                  ("num_sanity_val_steps", 0, (-1,)))
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """The trainer's counters are integers in range, named by their key (Lightning would fail later with a bare
+    assertion, or train nothing and report untrained metrics for ``max_epochs=0``)."""
+    for key, minimum, no_limit in TRAINER_COUNTS:
+        if key not in trainer:
+            continue
+        value = trainer[key]
+        if value in no_limit and not isinstance(value, bool):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            allowed = " or ".join([f"an integer >= {minimum}", *(str(v).replace("None", "null") for v in no_limit)])
+            extra = " (a run that trains nothing)" if value == 0 and key in ("max_epochs", "max_steps") else ""
+            raise ConfigError(f"trainer.{key}={value!r} is invalid{extra}: it must be {allowed}")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """The Lightning trainer, with atomic checkpoint writes; a trainer the machine cannot provide (trainer=gpu
+    without a GPU) is a ConfigError naming the option."""
+    plugins = [*(instantiate(cfg.trainer.plugins) if cfg.trainer.get("plugins") else []), AtomicCheckpointIO()]
+    trainer_cfg = {k: v for k, v in cfg.trainer.items() if k != "plugins"}
+    try:
+        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    except Exception as error:  # noqa: BLE001 - Lightning's MisconfigurationException, wrapped by Hydra
+        cause = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if type(cause).__name__ not in ("MisconfigurationException", "RuntimeError", "ValueError"):
+            raise
+        raise ConfigError(f"trainer (accelerator={cfg.trainer.get('accelerator')}, devices={cfg.trainer.get('devices')})"
+                          f" cannot start on this machine: {cause}. Choose another trainer, e.g. trainer=cpu") from None
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; logs the final metrics table and returns val/bpd for sweepers."""
     capture_warnings()
+    check_trainer(cfg.trainer)
     validate_config(cfg)
     set_threads(cfg.get("threads", "auto"))
     finished = continue_previous_job(cfg) if cfg.get("train", True) else None
@@ -152,9 +191,7 @@ def _run_locked(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> flo
     for callback in callbacks:
         if isinstance(callback, CheckpointOnInterrupt):
             callback.resume_command = command
-    plugins = [*(instantiate(cfg.trainer.plugins) if cfg.trainer.get("plugins") else []), AtomicCheckpointIO()]
-    trainer_cfg = {k: v for k, v in cfg.trainer.items() if k != "plugins"}
-    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer = build_trainer(cfg, callbacks, loggers)
     if trainer.is_global_zero:
         log.info("output dir: %s", output_dir)
         for logger in loggers:

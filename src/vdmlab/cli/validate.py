@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -26,8 +27,9 @@ from vdmlab.module import GUIDANCE_KEYS, check_module_arguments
 MODULE_OBJECTS = ("_target_", "optimizer", "lr_scheduler", "time_sampler")
 
 
-class ConfigError(ValueError):
-    """One or more config values are invalid."""
+class ConfigError(CompactHydraException, ValueError):
+    """One or more config values are invalid (python train.py prints the message alone, without a traceback;
+    HYDRA_FULL_ERROR=1 shows it)."""
 
 
 def _describe(prefix: str, error: BaseException) -> str:
