@@ -17,8 +17,9 @@ from conftest import REPO
 from vdmlab.cli.checkpoints import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
-#: a tiny run: 11 optimizer steps per epoch, validation and FID every epoch, 3 epochs, then the test with its FID
-TINY = ["model.width=8", "model.num_res_blocks=1", "dataset.batch_size=128", "logger=csv", "sampler.steps=4",
+#: a tiny run: 11 optimizer steps per epoch, validation (2 batches) and FID every epoch, 3 epochs, then the test (2
+#: batches) with its FID
+TINY = ["model.width=8", "model.num_res_blocks=1", "dataset.batch_size=128", "dataset.eval_batch_size=90", "logger=csv", "sampler.steps=4",
         "callbacks.sample_grid.every_n_epochs=1000", "callbacks.schedule_plot.every_n_epochs=1000",
         "callbacks.progress_bar.refresh_rate=0", "module.lr_scheduler.warmup_steps=5", "fid.every_n_epochs=1",
         "fid.num_samples=20", "fid.steps=2", "fid.floor=false", "fid.batch_size=20", "fid.stats_dir=null",
@@ -26,8 +27,8 @@ TINY = ["model.width=8", "model.num_res_blocks=1", "dataset.batch_size=128", "lo
 
 
 def train(log_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(TESTS)]), "OMP_NUM_THREADS": "1",
-                   "WANDB_MODE": "disabled", **(env or {})}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(TESTS)]),
+                   "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **(env or {})}
     return subprocess.run([sys.executable, "train.py", *TINY, f"paths.log_dir={log_dir}", *extra], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env=environment)
 

@@ -46,7 +46,7 @@ _UNSET: Any = object()  # an argument not given to check_module_arguments (its c
 
 
 def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, ema_warmup: Any = _UNSET,
-                           eval_num_samples: Any = _UNSET, seed: Any = _UNSET, nonfinite_patience: Any = _UNSET,
+                           eval_num_samples: Any = _UNSET, seed: Any = _UNSET,
                            compile: Any = _UNSET, channels_last: Any = _UNSET, p_uncond: Any = _UNSET,
                            num_classes: Any = _UNSET, sampler: Any = None, fid: Any = None,
                            data_shape: Any = None, num_levels: Any = None, **others: Any) -> None:
@@ -70,14 +70,13 @@ def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, 
               "ema_warmup": lambda v: check_bool("ema_warmup", v),
               "eval_num_samples": lambda v: check_int("eval_num_samples", v, 1),
               "seed": lambda v: check_int("seed", v),
-              "nonfinite_patience": lambda v: check_int("nonfinite_patience", v, 1),
               "compile": lambda v: check_bool("compile", v),
               "channels_last": lambda v: check_bool("channels_last", v),
               "p_uncond": lambda v: check_float("p_uncond", v, minimum=0.0, maximum=1.0, open_max=True),
               "num_classes": lambda v: check_int("num_classes", v, 1, optional=True,
                                                  reason="null (unconditional) or a number of classes >= 1")}
     given = {"timesteps": timesteps, "ema_decay": ema_decay, "ema_warmup": ema_warmup,
-             "eval_num_samples": eval_num_samples, "seed": seed, "nonfinite_patience": nonfinite_patience,
+             "eval_num_samples": eval_num_samples, "seed": seed,
              "compile": compile, "channels_last": channels_last, "p_uncond": p_uncond, "num_classes": num_classes}
     for name, value in given.items():
         if value is not _UNSET:
@@ -118,10 +117,6 @@ def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, 
             check_inception_path(fid_feature(fid["feature"], data_shape, num_levels), fid["inception_path"])
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced too many consecutive non-finite losses or gradients."""
-
-
 class DiffusionModule(L.LightningModule):
     """Trains ``net`` on L_w (eq. 4.123) and evaluates the unweighted ELBO in bits/dim with the EMA weights.
 
@@ -144,7 +139,6 @@ class DiffusionModule(L.LightningModule):
             against the test split, from ``num_samples`` EMA samples; ``feature: auto`` picks the shipped
             digits classifier for 8x8 digits and Inception-2048 otherwise.
         seed: base seed of the training noise; each DDP rank offsets it (docs/architecture.md, "Known traps").
-        nonfinite_patience: stop after this many consecutive non-finite steps (each is skipped).
         compile: ``torch.compile`` the denoiser for the training forward (the weights and checkpoint keys are
             those of the plain module).
         channels_last: keep image denoisers and batches in channels-last memory format (faster convs on GPUs).
@@ -175,7 +169,6 @@ class DiffusionModule(L.LightningModule):
         sampler: dict | None = None,
         fid: dict | None = None,
         seed: int = 0,
-        nonfinite_patience: int = 20,
         compile: bool = False,
         channels_last: bool = False,
         run_config: dict | None = None,
@@ -183,7 +176,7 @@ class DiffusionModule(L.LightningModule):
         p_uncond: float = 0.0,
     ):
         check_module_arguments(timesteps=timesteps, ema_decay=ema_decay, ema_warmup=ema_warmup,
-                               eval_num_samples=eval_num_samples, seed=seed, nonfinite_patience=nonfinite_patience,
+                               eval_num_samples=eval_num_samples, seed=seed,
                                compile=compile, channels_last=channels_last, p_uncond=p_uncond,
                                num_classes=num_classes, sampler=sampler, fid=fid, data_shape=data_shape,
                                num_levels=num_levels)
@@ -198,11 +191,10 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(net, ema_decay, ema_warmup)
         self.eval_num_samples = int(eval_num_samples)
         self.sampler = dict(sampler) if sampler is not None else None
-        self.seed, self.nonfinite_patience, self.run_config = int(seed), int(nonfinite_patience), run_config
+        self.seed, self.run_config = int(seed), run_config
         self._noise_generator: torch.Generator | None = None
         self._noise_state: Tensor | None = None
         self._step_times: Tensor | None = None  # the current optimizer step's times under gradient accumulation
-        self.nonfinite_steps, self._nonfinite_run = 0, 0
         self.channels_last = bool(channels_last) and len(self.data_shape) == 3
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -362,7 +354,7 @@ class DiffusionModule(L.LightningModule):
             self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
         else:  # applied once per optimizer step, in on_before_optimizer_step
             self.schedule.accumulate(terms.logsnr.detach(), terms.loss.detach())
-        loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: on_before_optimizer_step skips the step
+        loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: callbacks.NonFiniteGuard skips the step
         trained_ends = self.schedule.trainable_endpoints
         log_now = self._logging_step()
         if trained_ends:  # the ELBO's prior and decoder terms train the endpoints (eq. 3.60)
@@ -384,27 +376,7 @@ class DiffusionModule(L.LightningModule):
             return loss + (prior + reconstruction).mean()
         return loss
 
-    def _skip_nonfinite(self, what: str) -> None:
-        """Count a skipped step; stop after ``nonfinite_patience`` consecutive ones (the last checkpoint stays)."""
-        self.nonfinite_steps += 1
-        self._nonfinite_run += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
-        if self._nonfinite_run >= self.nonfinite_patience:
-            raise NonFiniteLossError(
-                f"{self._nonfinite_run} consecutive training steps had a non-finite {what} "
-                f"({self.nonfinite_steps} skipped in total); stopping. The last good checkpoint is untouched: "
-                f"lower optimizer.lr, check the data for NaNs, or resume with ckpt_path=last."
-            )
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        # one fused kernel and a single device-to-host sync per optimizer step (after all its micro-batches)
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            for p in self.parameters():
-                p.grad = None  # AdamW skips parameters without gradients: the step becomes a no-op
-            self._skip_nonfinite("loss or gradient")
-        elif grads:
-            self._nonfinite_run = 0
         if self._accumulation() > 1:  # the schedule update of the whole optimizer step (all its micro-batches)
             self.schedule.apply_accumulated()
 
@@ -533,7 +505,6 @@ class DiffusionModule(L.LightningModule):
         checkpoint["vdmlab"] = {
             "config": self.run_config,
             "noise_generator": self.noise_generator.get_state() if self._trainer is not None else None,
-            "nonfinite_steps": self.nonfinite_steps,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "num_levels": self.num_levels,
@@ -545,7 +516,6 @@ class DiffusionModule(L.LightningModule):
         state = checkpoint.get("vdmlab", {})
         self._noise_state = state.get("noise_generator")
         self._noise_generator = None
-        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         if state.get("torch_rng") is not None:  # global RNG (dropout, user code): restored for exact resume
             torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():

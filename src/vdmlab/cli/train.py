@@ -7,7 +7,6 @@ import logging
 import os
 import shlex
 import socket
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
 from vdmlab.callbacks.interrupt import CheckpointOnInterrupt
+from vdmlab.callbacks.nonfinite import NonFiniteGuard
 from vdmlab.checkpoint_io import AtomicCheckpointIO
 from vdmlab.cli.build import build_run, resolved_config
 from vdmlab.cli.checkpoints import CheckpointError, check_resume_config, load_checkpoint, resolve_ckpt_path
@@ -65,14 +65,34 @@ def save_final_checkpoint(trainer: L.Trainer, path: Path) -> None:
     trainer.save_checkpoint(path, weights_only=False)  # the full, resumable state (optimizer, loops, callbacks)
 
 
-def resume_command(cfg: DictConfig, output_dir: Path) -> str:
-    """The command line that continues this run: this run's overrides plus ``ckpt_path=last resume_dir=<folder>``."""
+def resume_command(cfg: DictConfig, output_dir: Path | None, drop: tuple[str, ...] = ()) -> str:
+    """The command line that continues this run: this run's overrides (less ``drop``) plus ``ckpt_path=last
+    resume_dir=<folder>``; with ``output_dir=None`` the overrides alone."""
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "resume_dir")]
-    return shlex.join([os.path.basename(sys.argv[0]) if sys.argv[0].endswith(".py") else "train.py", *kept,
-                       "ckpt_path=last", f"resume_dir={output_dir}"]).replace("train.py", "python train.py", 1)
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "resume_dir", *drop)]
+    resume = ["ckpt_path=last", f"resume_dir={output_dir}"] if output_dir is not None else []
+    return "python " + shlex.join(["train.py", *kept, *resume])
+
+
+class ConfiguredLearningRate(L.Callback):
+    """On resume, train with the configured ``module.optimizer.lr`` instead of the checkpoint's (Lightning restores
+    the optimizer's and the LR schedule's learning rates): the schedule's current factor is kept."""
+
+    def __init__(self, lr: float):
+        self.lr = float(lr)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                old = float(group.get("initial_lr", group["lr"]))
+                group["lr"] = group["lr"] * self.lr / old if old else self.lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = self.lr
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [self.lr for _ in config.scheduler.base_lrs]
+        log.info("resuming with module.optimizer.lr=%g (the checkpoint's learning rate is replaced)", self.lr)
 
 
 class RunFolderLocked(CheckpointError):
@@ -182,6 +202,7 @@ def _run_locked(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> flo
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     built = build_run(cfg)
+    stored = None
     if ckpt_path:
         stored = load_checkpoint(ckpt_path)["vdmlab"].get("config")
         for line in check_resume_config(ckpt_path, stored, built.module.run_config, cfg.get("resume_check", True)):
@@ -191,6 +212,12 @@ def _run_locked(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> flo
     for callback in callbacks:
         if isinstance(callback, CheckpointOnInterrupt):
             callback.resume_command = command
+        if isinstance(callback, NonFiniteGuard):
+            callback.resume_command = resume_command(cfg, None, drop=("module.optimizer.lr",))
+    lr = cfg.module.get("optimizer", {}).get("lr")
+    stored_lr = (((stored or {}).get("module") or {}).get("optimizer") or {}).get("lr")
+    if ckpt_path and lr is not None and stored_lr not in (None, lr):
+        callbacks.append(ConfiguredLearningRate(lr))
     trainer = build_trainer(cfg, callbacks, loggers)
     if trainer.is_global_zero:
         log.info("output dir: %s", output_dir)
