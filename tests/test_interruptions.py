@@ -19,7 +19,8 @@ from vdmlab.cli.checkpoints import load_checkpoint
 TESTS = Path(__file__).resolve().parent
 #: a tiny run: 11 optimizer steps per epoch, validation (2 batches) and FID every epoch, 3 epochs, then the test (2
 #: batches) with its FID
-TINY = ["model.width=8", "model.num_res_blocks=1", "dataset.batch_size=128", "dataset.eval_batch_size=90", "logger=csv", "sampler.steps=4",
+TINY = ["model.width=8", "model.num_res_blocks=1", "dataset.batch_size=128", "dataset.eval_batch_size=90", "logger=csv",
+        "sampler.steps=4",
         "callbacks.sample_grid.every_n_epochs=1000", "callbacks.schedule_plot.every_n_epochs=1000",
         "callbacks.progress_bar.refresh_rate=0", "module.lr_scheduler.warmup_steps=5", "fid.every_n_epochs=1",
         "fid.num_samples=20", "fid.steps=2", "fid.floor=false", "fid.batch_size=20", "fid.stats_dir=null",
