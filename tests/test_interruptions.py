@@ -55,8 +55,9 @@ def interrupted_chain(tmp_path: Path, sig: str, moments: list[str], env: dict | 
         outputs.append(result.stdout + result.stderr)
         assert result.returncode == 0, f"run {i} ({moment}):\n{result.stderr[-3000:]}"
         if moment:
-            assert f"Received {sig}" in outputs[-1] and "Resume this run with:" in outputs[-1], outputs[-1][-2000:]
-            printed = outputs[-1].split("Resume this run with:")[1].split()
+            assert f"Received {sig}" in outputs[-1] and "Resume this run with" in outputs[-1], outputs[-1][-2000:]
+            assert "test" in moment or f"Interrupted ({sig})" in outputs[-1]  # the callback wrote last.ckpt
+            printed = outputs[-1].split("Resume this run with")[-1].split()
             run_dir = run_dir or Path(next(a for a in printed if a.startswith("resume_dir=")).split("=", 1)[1])
             assert "ckpt_path=last" in printed
     return run_dir, outputs
@@ -68,6 +69,7 @@ def assert_same_weights(straight: dict, run_dir: Path) -> None:
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, final["state_dict"][key]), key  # model, EMA and schedule state, bitwise
     assert not list(run_dir.glob("checkpoints/.*partial"))  # no temporary file left behind
+    assert not list(run_dir.glob("checkpoints/last-v*.ckpt"))  # one last.ckpt, never a stale one beside a newer
 
 
 def validated_epochs(run_dir: Path) -> list[int]:

@@ -118,7 +118,7 @@ class CheckpointOnInterrupt(L.Callback):
 
     # ------------------------------------------------------------------ the checkpoint
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or not trainer.training:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != "fit":
             return
         if isinstance(exception, KeyboardInterrupt) and self.signal_name == "SIGINT":
             return  # a second Ctrl-C: the state may be mid-step; keep the last good checkpoint

@@ -238,7 +238,8 @@ def _run_locked(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> flo
             try:
                 trainer.test(built.module, datamodule=built.datamodule, verbose=False)
             except SIGTERMException:  # training is complete in last.ckpt: resuming it only runs the test
-                log.warning("Interrupted during the test; training is complete in %s. Test it with:\n  %s",
+                log.warning("Interrupted during the test; training is complete in %s. Resume this run with (only the "
+                            "test remains):\n  %s",
                             output_dir / "checkpoints" / "last.ckpt", command)
                 return None
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
