@@ -192,3 +192,24 @@ def test_a_failed_start_shows_the_message_and_leaves_no_folder(tmp_path, overrid
     full = subprocess.run([sys.executable, "train.py", override, f"paths.log_dir={tmp_path}"], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env={**env, "HYDRA_FULL_ERROR": "1"})
     assert "Traceback" in full.stderr and expected in full.stderr
+
+
+def test_a_cached_statistics_file_with_changed_bytes_is_rebuilt(tmp_path):
+    """8 bytes changed inside a cached FID-statistics file (a value, not the structure): the checksum catches it,
+    the file is moved aside (kept, never deleted) and the caller is told to rebuild it."""
+    from vdmlab.cache import checksum_path
+    from vdmlab.metrics.fid import load_stats, save_stats
+
+    path = tmp_path / "stats" / "digits-test.pt"
+    save_stats(path, "k", torch.arange(4.0), torch.eye(4), 10)
+    assert checksum_path(path).is_file() and load_stats(path, "k")["n"] == 10
+    data = bytearray(path.read_bytes())
+    cov = torch.eye(4, dtype=torch.float64).numpy().tobytes()
+    at = bytes(data).find(cov)  # the stored covariance's bytes: change one float64 of it, still finite
+    assert at > 0
+    data[at + 8: at + 16] = torch.tensor([3.0], dtype=torch.float64).numpy().tobytes()
+    path.write_bytes(bytes(data))
+    assert float(torch.load(path, weights_only=True)["cov_sum"][0, 1]) == 3.0  # a silently different value
+    with pytest.warns(UserWarning, match="SHA-256 does not match"):
+        assert load_stats(path, "k") is None  # rebuild
+    assert not path.exists() and (tmp_path / "stats" / "digits-test.pt.corrupt-0").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import shutil
@@ -52,11 +53,20 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
         pass
 
 
+def checksum_path(path: Path) -> Path:
+    """The SHA-256 file beside a cache file: ``<name>.sha256``."""
+    return path.with_name(f"{path.name}.sha256")
+
+
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to memory, then :func:`atomic_write_bytes`: a crash leaves no half-written file."""
+    """``torch.save`` to memory, then :func:`atomic_write_bytes`, then its SHA-256 beside it (``<name>.sha256``):
+    a crash leaves no half-written file, and :func:`load_checked` rebuilds a file whose bytes changed since."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(buffer.getvalue(), path)
+    data = buffer.getvalue()
+    checksum_path(Path(path)).unlink(missing_ok=True)  # never a stale checksum beside a new file
+    atomic_write_bytes(data, path)
+    atomic_write_bytes(hashlib.sha256(data).hexdigest().encode(), checksum_path(Path(path)))
 
 
 def move_aside(path: Path, reason: str, what: str = "cache") -> Path:
@@ -70,10 +80,18 @@ def move_aside(path: Path, reason: str, what: str = "cache") -> Path:
 
 
 def load_checked(path: Path, check, what: str = "cache") -> dict | None:
-    """The dict stored at ``path`` if ``check(obj)`` holds; None when absent; an unreadable or mismatching file is
-    moved aside with a warning (and None returned, so the caller rebuilds it)."""
+    """The dict stored at ``path`` if its SHA-256 matches ``<name>.sha256`` and ``check(obj)`` holds; None when
+    absent; an unreadable, altered or mismatching file is moved aside with a warning (and None returned, so the
+    caller rebuilds it)."""
     if not path.is_file():
         return None
+    stored = checksum_path(path)
+    if stored.is_file():  # caches written before checksums have none: their content checks still apply
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if stored.read_text().strip() != actual:
+            stored.unlink()
+            move_aside(path, "its SHA-256 does not match the one stored when it was written", what)
+            return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors, truncated files: all mean "rebuild"
