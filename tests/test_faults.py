@@ -213,3 +213,33 @@ def test_a_cached_statistics_file_with_changed_bytes_is_rebuilt(tmp_path):
     with pytest.warns(UserWarning, match="SHA-256 does not match"):
         assert load_stats(path, "k") is None  # rebuild
     assert not path.exists() and (tmp_path / "stats" / "digits-test.pt.corrupt-0").is_file()
+
+
+@pytest.mark.slow
+def test_a_divergence_keeps_good_weights_and_its_advice_resumes_from_them(tmp_path):
+    """``module.optimizer.lr=1e4`` explodes the weights (finite, |w| ~ 1e5, val/bpd in the thousands): the best
+    val/bpd checkpoint holds them, the guard's good.ckpt does not; the guard's advice (printed when the NaNs come),
+    followed, resumes from good.ckpt with the ten times lower rate."""
+    from types import SimpleNamespace
+
+    from vdmlab.callbacks.nonfinite import NonFiniteGuard
+
+    run_dir = train(tmp_path, "diverging", "module.optimizer.lr=1e4", "trainer.max_epochs=3")
+    good, last = run_dir / "checkpoints" / "good.ckpt", load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+    def largest(state):
+        return max(float(v.abs().max()) for k, v in state["state_dict"].items() if k.startswith("net.")
+                   and v.is_floating_point())
+
+    assert largest(last) > 1e3 and largest(load_checkpoint(good)) < 10  # exploded vs. from before the divergence
+    guard = NonFiniteGuard(patience=3, dirpath=str(run_dir / "checkpoints"))
+    guard.good_step, guard.consecutive, guard.resume_command = 0, 3, "python train.py"
+    advice = guard._advice(SimpleNamespace(param_groups=[{"lr": 1e4, "initial_lr": 1e4}]))
+    followed = advice.split("\n")[1].split()[2:]  # after "python train.py"
+    assert followed == [f"ckpt_path={good}", "module.optimizer.lr=1000"]
+    resumed = train(tmp_path, "followed", *followed, "trainer.max_epochs=1")
+    assert resumed == run_dir  # continued in the run's own folder
+    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert state["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 1000.0  # the advised rate was used
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert largest(state) < largest(last)  # trained on from the good weights, not the exploded ones
