@@ -293,9 +293,9 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
                          f"--config auto|hydra, the default network); the Python mirror builds the defaults only")
     from vdmlab.data import DigitsDataModule
     from vdmlab.diffusion import parameterization as P
+    from vdmlab.diffusion.learned_schedules import AdaptiveSchedule
     from vdmlab.diffusion.losses import low_discrepancy_times
     from vdmlab.diffusion.sampling import ancestral
-    from vdmlab.diffusion.learned_schedules import AdaptiveSchedule
     from vdmlab.diffusion.weighting import SigmoidWeighting
     from vdmlab.models import UNet
     from vdmlab.module import DiffusionModule
@@ -324,7 +324,7 @@ def build_python(parameterization: str = "eps", batch_size: int | None = None, w
         eval_num_samples=4 if eval_num_samples is None else eval_num_samples,
         sampler={"fn": partial(ancestral), "steps": 250, "clip_x": True, "schedule": None,
                  "guidance": 0.0, "guidance_logsnr_min": None, "guidance_logsnr_max": None}, fid=None, seed=seed,
-        nonfinite_patience=20, compile=compile, channels_last=channels_last,
+        compile=compile, channels_last=channels_last,
     )
     return Built(datamodule, module, "python")
 

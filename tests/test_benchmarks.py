@@ -59,7 +59,7 @@ def test_python_mirror_builds_the_composed_configs_run(kwargs):
         assert type(a) is type(b), attr
     assert (mh.schedule.logsnr_min, mh.schedule.logsnr_max) == (mp.schedule.logsnr_min, mp.schedule.logsnr_max)
     assert vars(mh.weighting) == vars(mp.weighting)
-    for attr in ("num_levels", "data_shape", "timesteps", "eval_num_samples", "seed", "nonfinite_patience",
+    for attr in ("num_levels", "data_shape", "timesteps", "eval_num_samples", "seed",
                  "channels_last", "fid_config"):
         assert getattr(mh, attr) == getattr(mp, attr), attr
     assert (mh.ema.decay, mh.ema.warmup) == (mp.ema.decay, mp.ema.warmup)

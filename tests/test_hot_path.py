@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from vdmlab.callbacks.nonfinite import NonFiniteGuard
 from vdmlab.data import DigitsDataModule
 from vdmlab.diffusion.learned_schedules import AdaptiveSchedule, LearnedSchedule
 from vdmlab.diffusion.parameterization import EpsParameterization
@@ -68,12 +69,12 @@ def test_steps_that_do_not_log_make_one_host_sync_the_nonfinite_check(schedule, 
     record = SyncsPerStep(calls)
     trainer = L.Trainer(max_steps=12, log_every_n_steps=5, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
-                        gradient_clip_val=1.0, use_distributed_sampler=False, callbacks=[record])
+                        gradient_clip_val=1.0, use_distributed_sampler=False, callbacks=[NonFiniteGuard(), record])
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=64, eval_batch_size=None, num_workers=0))
     quiet = [c for logged, c in record.steps[1:] if not logged]  # the first step may read the EMA counter once
     assert len(quiet) >= 8
     for step_calls in quiet:
-        assert len(step_calls) == 1 and step_calls[0].startswith("__bool__ at module.py"), step_calls
+        assert len(step_calls) == 1 and step_calls[0].startswith("__bool__ at nonfinite.py"), step_calls
 
 
 def test_bf16_mixed_trains_and_evaluates_with_float32_losses():

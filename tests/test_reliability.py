@@ -18,6 +18,7 @@ import torch
 from conftest import REPO, compose_config
 from torch import nn
 
+from vdmlab.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from vdmlab.cli.build import build_run
 from vdmlab.cli.checkpoints import CheckpointError, load_checkpoint
 from vdmlab.cli.train import run
@@ -27,7 +28,7 @@ from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.schedules import LinearSchedule
 from vdmlab.diffusion.weighting import ELBOWeighting
 from vdmlab.models import UNet
-from vdmlab.module import DiffusionModule, NonFiniteLossError
+from vdmlab.module import DiffusionModule
 
 SMALL = ["model.width=16", "model.num_res_blocks=1", "dataset.batch_size=64", "fid=null", "logger=csv",
          "callbacks.sample_grid.every_n_epochs=1000", "sampler.steps=4", "module.lr_scheduler.warmup_steps=5",
@@ -185,14 +186,16 @@ class NaNAfter(nn.Module):
 
 def test_nonfinite_losses_are_skipped_counted_and_stop_training_with_the_last_checkpoint_intact(tmp_path):
     module = DiffusionModule(NaNAfter(calls=25), LinearSchedule(-5.0, 10.0), ELBOWeighting(), EpsParameterization(),
-                             17, (1, 8, 8), optimizer=partial(torch.optim.AdamW, lr=1e-3), nonfinite_patience=4)
+                             17, (1, 8, 8), optimizer=partial(torch.optim.AdamW, lr=1e-3))
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, callbacks=[checkpoints],
+    guard = NonFiniteGuard(patience=4, dirpath=str(tmp_path))
+    trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, callbacks=[guard, checkpoints],
                         inference_mode=False, enable_model_summary=False)
     with pytest.raises(NonFiniteLossError, match="4 consecutive training steps had a non-finite loss or gradient"):
         trainer.fit(module, datamodule=DigitsDataModule(batch_size=64, eval_batch_size=None, num_workers=0))
-    assert module.nonfinite_steps == 4
+    assert guard.nonfinite_steps == 4
     good = load_checkpoint(tmp_path / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
     assert good["global_step"] == 22  # the end of the first epoch, before the run diverged
+    assert load_checkpoint(tmp_path / "good.ckpt")["global_step"] == 22  # the guard's own, from before the divergence
     assert math.isfinite(float(module.ema.net.net.conv_in.weight.sum()))

@@ -33,10 +33,6 @@ from vdmlab.optim import EMA
 from vdmlab.options import FIDOptions, SamplerOptions
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced too many consecutive non-finite losses or gradients."""
-
-
 class DiffusionModule(L.LightningModule):
     """Trains ``net`` on L_w (eq. 4.123) and evaluates the unweighted ELBO in bits/dim with the EMA weights.
 
@@ -55,7 +51,6 @@ class DiffusionModule(L.LightningModule):
         fid: None (no FID) or :class:`vdmlab.options.FIDOptions` (conf/train.yaml's ``fid``): val/fid every k
             epochs against the val split and test/fid at the end against the test split (``vdmlab.fid_evaluation``).
         seed: base seed of the training noise; each DDP rank offsets it (docs/architecture.md, "Known traps").
-        nonfinite_patience: stop after this many consecutive non-finite steps (each is skipped).
         compile: ``torch.compile`` the denoiser for the training forward (the weights and checkpoint keys are
             those of the plain module).
         channels_last: keep image denoisers and batches in channels-last memory format (faster convs on GPUs).
@@ -86,7 +81,6 @@ class DiffusionModule(L.LightningModule):
         sampler: SamplerOptions | dict | None = None,
         fid: FIDOptions | dict | None = None,
         seed: int = 0,
-        nonfinite_patience: int = 20,
         compile: bool = False,
         channels_last: bool = False,
         run_config: dict | None = None,
@@ -100,7 +94,6 @@ class DiffusionModule(L.LightningModule):
                        check_bool("ema_warmup", ema_warmup))
         self.eval_num_samples = check_int("eval_num_samples", eval_num_samples, 1)
         self.seed = check_int("seed", seed)
-        self.nonfinite_patience = check_int("nonfinite_patience", nonfinite_patience, 1)
         self.p_uncond = check_float("p_uncond", p_uncond, minimum=0.0, maximum=1.0, open_max=True)
         self.num_classes = check_int("num_classes", num_classes, 1, optional=True,
                                      reason="null (unconditional) or a number of classes >= 1")
@@ -113,7 +106,6 @@ class DiffusionModule(L.LightningModule):
         self.sampler = None if sampler is None else SamplerOptions.of(sampler)
         self.labels = ClassLabels(self.num_classes)
         self.noise, self.step_times = NoiseStreams(self.seed), StepTimes(time_sampler)
-        self.nonfinite_steps, self._nonfinite_run = 0, 0
         self.channels_last = check_bool("channels_last", channels_last) and len(self.data_shape) == 3
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -196,7 +188,7 @@ class DiffusionModule(L.LightningModule):
             self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
         else:  # applied once per optimizer step, in on_before_optimizer_step
             self.schedule.accumulate(terms.logsnr.detach(), terms.loss.detach())
-        loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: on_before_optimizer_step skips the step
+        loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: callbacks.NonFiniteGuard skips the step
         log_now = self._logging_step()
         if self.schedule.trainable_endpoints:  # the ELBO's prior and decoder terms train the endpoints (eq. 3.60)
             prior, reconstruction = self._endpoint_terms(x, self.noise_generator)
@@ -225,27 +217,7 @@ class DiffusionModule(L.LightningModule):
         # the progress bar reads its values on the host: only on logging steps, so other steps never sync
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=batch_size)
 
-    def _skip_nonfinite(self, what: str) -> None:
-        """Count a skipped step; stop after ``nonfinite_patience`` consecutive ones (the last checkpoint stays)."""
-        self.nonfinite_steps += 1
-        self._nonfinite_run += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
-        if self._nonfinite_run >= self.nonfinite_patience:
-            raise NonFiniteLossError(
-                f"{self._nonfinite_run} consecutive training steps had a non-finite {what} "
-                f"({self.nonfinite_steps} skipped in total); stopping. The last good checkpoint is untouched: "
-                f"lower optimizer.lr, check the data for NaNs, or resume with ckpt_path=last."
-            )
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        # one fused kernel and a single device-to-host sync per optimizer step (after all its micro-batches)
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            for p in self.parameters():
-                p.grad = None  # AdamW skips parameters without gradients: the step becomes a no-op
-            self._skip_nonfinite("loss or gradient")
-        elif grads:
-            self._nonfinite_run = 0
         if self._accumulation() > 1:  # the schedule update of the whole optimizer step (all its micro-batches)
             self.schedule.apply_accumulated()
 
@@ -338,7 +310,6 @@ class DiffusionModule(L.LightningModule):
         checkpoint["vdmlab"] = {
             "config": self.run_config,
             "noise_generator": self.noise_generator.get_state() if attached_trainer(self) is not None else None,
-            "nonfinite_steps": self.nonfinite_steps,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "num_levels": self.num_levels,
@@ -349,7 +320,6 @@ class DiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("vdmlab", {})
         self.noise.load_state(state.get("noise_generator"))
-        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         if state.get("torch_rng") is not None:  # global RNG (dropout, user code): restored for exact resume
             torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():

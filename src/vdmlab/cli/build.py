@@ -95,6 +95,7 @@ def build_from_checkpoint(path: str, overrides: dict[str, Any] | None = None) ->
     if not stored:
         raise CheckpointError(f"checkpoint {path} holds no run config; it was not written by python train.py")
     cfg = OmegaConf.create(stored)
+    cfg.module.pop("nonfinite_patience", None)  # older checkpoints: now callbacks.nonfinite_guard.patience
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, force_add=True)
     built = build_run(cfg)

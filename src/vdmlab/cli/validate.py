@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -27,8 +28,9 @@ from vdmlab.cli.build import build_fid, build_sampler
 MODULE_PARTIALS = ("optimizer", "lr_scheduler", "time_sampler")
 
 
-class ConfigError(ValueError):
-    """One or more config values are invalid."""
+class ConfigError(CompactHydraException, ValueError):
+    """One or more config values are invalid (python train.py prints the message alone, without a traceback;
+    HYDRA_FULL_ERROR=1 shows it)."""
 
 
 def _describe(prefix: str, error: BaseException) -> str:
