@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vdmlab.callbacks.interrupt import CheckpointOnInterrupt
 from vdmlab.callbacks.nonfinite import NonFiniteGuard
@@ -163,7 +163,8 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """The Lightning trainer, with atomic checkpoint writes; a trainer the machine cannot provide (trainer=gpu
     without a GPU) is a ConfigError naming the option."""
     plugins = [*(instantiate(cfg.trainer.plugins) if cfg.trainer.get("plugins") else []), AtomicCheckpointIO()]
-    trainer_cfg = {k: v for k, v in cfg.trainer.items() if k != "plugins"}
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)  # resolved: ${paths...} needs the whole config
+    trainer_cfg.pop("plugins", None)
     try:
         return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     except Exception as error:  # noqa: BLE001 - Lightning's MisconfigurationException, wrapped by Hydra
