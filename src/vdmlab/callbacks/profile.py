@@ -4,7 +4,8 @@ It evaluates the EMA network with the run's schedule, weighting and parameteriza
 evaluate_profile`) and writes ``profile.json``, ``profile.csv``, ``profile.png`` and ``per_example_bpd.csv`` into
 ``<run>/diagnostics/``, and sends the profile to every logger of the trainer. The evaluation noise comes from the
 callback's own ``seed`` (not the training seed), so the runs of a sweep are paired example by example
-(``compare.py`` reads these files). Rank zero computes it alone, on the whole test split.
+(``compare.py`` reads these files). Rank zero computes it alone, on the whole test split (on its first batch
+under ``trainer.fast_dev_run``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ELBOProfile(L.Callback):
         profile = evaluate_profile(pl_module.ema.net, pl_module.schedule, pl_module.weighting, pl_module.parameterization,
                                    loader, pl_module.num_levels, num_bins=self.num_bins, draws_per_bin=self.draws_per_bin,
                                    elbo_samples=self.elbo_samples, timesteps=pl_module.timesteps, seed=self.seed,
-                                   scored_with=self.scored_with, device=pl_module.device)
+                                   scored_with=self.scored_with, device=pl_module.device,
+                                   max_examples=loader.batch_size if trainer.fast_dev_run else None)  # a smoke test: one batch
         profile.write(self.dirpath)
         log_profile(trainer.loggers, profile, prefix="test/profile")
