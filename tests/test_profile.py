@@ -42,7 +42,8 @@ def test_profile_integrates_to_the_diffusion_term_of_the_elbo():
     x = data(400)
     ids = torch.arange(400)
     schedule = S.CosineSchedule(LMIN, LMAX)
-    terms = PR.profile_terms(x, net=net, schedule=schedule, weighting=W.ELBOWeighting(), parameterization=PZ.EpsParameterization(),
+    terms = PR.profile_terms(x, net=net, schedule=schedule, weighting=W.ELBOWeighting(),
+                             parameterization=PZ.EpsParameterization(),
                              edges=PR.bin_edges(LMIN, LMAX, 16), draws=2, example_ids=ids, seed=0)
     integral = PR.bin_integral(terms.elbo, PR.bin_edges(LMIN, LMAX, 16))
     elbo = negative_elbo(x, net=net, schedule=schedule, parameterization=PZ.EpsParameterization(), num_levels=256,

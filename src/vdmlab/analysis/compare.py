@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from vdmlab.analysis.diagnostics import diagnostics_section
 from vdmlab.analysis.search import is_search, search_markdown
 
 COLUMNS = ("run", "weighting", "monotonic", "val/bpd", "test/bpd", "fid", "fid_n", "steps", "minutes", "overrides")
@@ -483,7 +484,7 @@ def compare_guidance(runs: list[RunSummary], sweep_dir: Path, out: Path) -> dict
             "guidance": plot_guidance(rows, out / "compare_guidance.png")}
 
 
-def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+def compare(sweep_dir: str | Path, out_dir: str | Path | None = None, reference: str | None = None) -> dict[str, Path]:
     """Write the table (markdown and CSV) and the two plots for the runs below ``sweep_dir``; returns their paths."""
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
@@ -503,8 +504,10 @@ def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
         text += f"\n## Over seeds\n\n{seeds_markdown(groups)}"
     if is_search(sweep_dir):
         text += f"\n## Search\n\n{search_markdown(sweep_dir)}"
+    section, figures = diagnostics_section(sweep_dir, runs, groups, out, reference)  # analysis/diagnostics.py
+    text += section
     (out / "compare.md").write_text(text)
-    paths = {
+    paths = {**figures,
         "markdown": out / "compare.md",
         "csv": write_csv(runs, out / "compare.csv"),
         "fid_vs_bpd": plot_fid_vs_bpd(runs, out / "compare_fid_vs_bpd.png", groups if seeded else None),

@@ -73,7 +73,8 @@ def run_diagnostics(module, datamodule, loader, cfg: DictConfig, device: torch.d
         result.profile = profile
         result.metrics.update({f"{split}/{k}": summary[k] for k in PROFILE_METRICS})
         result.metrics.update({f"{split}/{k}": v for k, v in summary.items() if k.startswith("scored/")})
-        result.text += profile.format() + f"\n  profile, rate–distortion, per-example bits/dim: {out}/profile.*, per_example_bpd.csv\n"
+        result.text += (profile.format() + f"\n  profile, rate–distortion, per-example bits/dim: {out}/profile.*, "
+                        "per_example_bpd.csv\n")
     if cfg.get("copying"):
         c = cfg.copying
         generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
@@ -93,7 +94,8 @@ def run_diagnostics(module, datamodule, loader, cfg: DictConfig, device: torch.d
         result.metrics.update({f"{split}/{k}": v for k, v in values.items()})
         lines = [f"  copying: {100 * values['copy_fraction']:.1f} % of {values['copy_n']} samples are near-copies "
                  f"(d1 < {values['copy_ratio']:.3f}·d2) against {100 * values['copy_fraction_test']:.1f} % of the real "
-                 f"{split} images; median nearest-train distance {values['nn_dist_median']:.3f} vs {values['nn_dist_median_test']:.3f} "
+                 f"{split} images; median nearest-train distance {values['nn_dist_median']:.3f} vs "
+                 f"{values['nn_dist_median_test']:.3f} "
                  f"(ratio {values['nn_dist_ratio']:.2f})",
                  f"  {'λ':>7}  {'|x̂ − x̂*| test':>14}  {'|x̂ − x̂*| train':>15}  {'|x̂ − x| test':>12}  {'|x̂ − x| train':>13}"]
         for p, lam in enumerate(points.tolist()):

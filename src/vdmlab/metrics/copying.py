@@ -26,7 +26,8 @@ COPY_RATIO = 1 / 3
 GAP_DRAW = 3_000_017  # counter-noise draw numbers of the denoiser gap
 
 
-def nearest_two(queries: Tensor, reference: Tensor, chunk: int = 1024, exclude_self: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def nearest_two(queries: Tensor, reference: Tensor, chunk: int = 1024,
+                exclude_self: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(d₁, d₂, index of the nearest): each query's distances to its nearest and second-nearest reference rows; with
     ``exclude_self`` (queries are the reference) a row's distance to itself is skipped."""
     ref = reference.flatten(1).to(torch.float64)
