@@ -19,10 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diagnose", action="store_true", help="first evaluate each checkpoint without diagnostics/: "
                         "the ELBO over λ, per-example bits/dim and the cross-objective matrix (docs/diagnostics.md)")
     parser.add_argument("--copying-samples", type=int, default=0, help="with --diagnose: EMA samples checked for copying")
+    parser.add_argument("--sample-steps", type=int, default=100, help="with --diagnose: sampler steps of those samples")
+    parser.add_argument("--elbo-samples", type=int, default=8, help="with --diagnose: λ draws of the per-example ELBO")
     args = parser.parse_args(argv)
     try:
         if args.diagnose:
-            diagnose(args.sweep_dir, copying_samples=args.copying_samples)
+            diagnose(args.sweep_dir, copying_samples=args.copying_samples, sample_steps=args.sample_steps,
+                     elbo_samples=args.elbo_samples)
         paths = compare(args.sweep_dir, args.out, reference=args.reference)
     except (FileNotFoundError, ValueError) as error:
         print(f"compare.py: {error}", file=sys.stderr)

@@ -115,6 +115,7 @@ class Profile:
         cum = (h * self.widths).cumsum(0) / (h * self.widths).sum()
         out = {"bpd": float(mean[0]), "bpd_se": float(se[0]), "bpd_diffusion": float(mean[1]),
                "bpd_prior": float(mean[2]), "bpd_reconstruction": float(mean[3]),
+               "bpd_profile": float(self.per_example_profile_bpd().mean()),
                "profile_diffusion": float(integral), "profile_diffusion_se": float(integral_se),
                "profile_weighted": float(weighted), "profile_weighted_se": float(weighted_se),
                "profile_peak_logsnr": float(self.centres[int(h.argmax())]),
