@@ -89,8 +89,8 @@ def sweep_weightings(run_dirs: list[Path]) -> tuple[dict[str, dict], dict[Path, 
 def diagnose(sweep_dir: str | Path, *, num_bins: int = 16, draws_per_bin: int = 2, elbo_samples: int = 8, seed: int = 0,
              copying_samples: int = 0, sample_steps: int = 100, max_examples: int | None = None, device: str = "cpu",
              force: bool = False) -> list[Path]:
-    """Evaluate every run's ``checkpoints/last.ckpt`` below ``sweep_dir`` that has no ``diagnostics/profile.json``
-    (all with ``force``) on its test split: the profile, per-example bits/dim with evaluation ``seed`` (shared, so the
+    """Evaluate every run's ``checkpoints/last.ckpt`` below ``sweep_dir`` that has no ``diagnostics/profile.json`` (or,
+    with ``copying_samples``, no ``copying.json``; all with ``force``) on its test split: the profile, per-example bits/dim with evaluation ``seed`` (shared, so the
     runs pair), the weighted loss of every weighting of the sweep, and with ``copying_samples`` > 0 the copying of
     that many EMA samples. Returns the folders written."""
     import torch
@@ -110,7 +110,8 @@ def diagnose(sweep_dir: str | Path, *, num_bins: int = 16, draws_per_bin: int = 
     written = []
     for d in run_dirs:
         out = d / DIAGNOSTICS_DIR
-        if (out / "profile.json").is_file() and not force:
+        done = (out / "profile.json").is_file() and (copying_samples == 0 or (out / "copying.json").is_file())
+        if done and not force:
             continue
         built = build_from_checkpoint(str(d / "checkpoints" / "last.ckpt"))
         module = built.module.to(device)

@@ -137,7 +137,6 @@ class Profile:
         out.mkdir(parents=True, exist_ok=True)
         paths = {"profile_json": out / "profile.json", "profile_csv": out / "profile.csv",
                  "per_example": out / "per_example_bpd.csv", "profile_png": out / "profile.png"}
-        paths["profile_json"].write_text(json.dumps(self.to_json(), indent=2))
         rows = self.table()
         with open(paths["profile_csv"], "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -145,6 +144,7 @@ class Profile:
             writer.writerows(rows)
         write_per_example(paths["per_example"], self.index, self.per_example_bpd(), self.per_example_profile_bpd())
         plot_profile(self, paths["profile_png"])
+        paths["profile_json"].write_text(json.dumps(self.to_json(), indent=2))  # last: its presence means complete
         return paths
 
     def format(self) -> str:
