@@ -91,8 +91,8 @@ def diagnose(sweep_dir: str | Path, *, num_bins: int = 16, draws_per_bin: int = 
              force: bool = False) -> list[Path]:
     """Evaluate every run's ``checkpoints/last.ckpt`` below ``sweep_dir`` that has no ``diagnostics/profile.json`` (or,
     with ``copying_samples``, no ``copying.json``; all with ``force``) on its test split: the profile, per-example
-    bits/dim with evaluation ``seed`` (shared, so the runs pair), the weighted loss of every weighting of the sweep, and with ``copying_samples`` > 0 the copying of
-    that many EMA samples. Returns the folders written."""
+    bits/dim with evaluation ``seed`` (shared, so the runs pair), the weighted loss of every weighting of the sweep,
+    and with ``copying_samples`` > 0 the copying of that many EMA samples. Returns the folders written."""
     import torch
     from hydra.utils import instantiate
 
