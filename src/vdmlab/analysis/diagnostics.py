@@ -406,13 +406,13 @@ def plot_matrix(groups: list[GroupDiagnostics], path: Path) -> Path | None:
     norm = values / np.nanmin(values, axis=0, keepdims=True)
     fig = _figure(1.2 * len(columns) + 3, 0.5 * len(rows) + 2)
     ax = fig.subplots()
-    image = ax.imshow(norm, cmap="viridis_r", aspect="auto")
+    image = ax.imshow(norm, cmap="Blues", aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for i in range(len(rows)):
         for j in range(len(columns)):
             if not np.isnan(norm[i, j]):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="black")
     ax.set(xlabel="scored with", ylabel="trained with", title="weighted test loss / column best")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
