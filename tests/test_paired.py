@@ -60,3 +60,44 @@ def test_pairing_over_examples_and_seeds(tmp_path):
     assert over_seeds.n == 3 and over_seeds.mean == pytest.approx(1.0) and over_seeds.excludes_zero
     with pytest.raises(ValueError, match="share no example"):
         align({0: 1.0}, {1: 1.0})
+
+
+def fake_run(folder, weighting, seed, scored, per_example, fid):
+    """A run folder as train.py leaves it, with the diagnostics files the test stage writes (values chosen here)."""
+    import json
+
+    import yaml
+
+    (folder / ".hydra").mkdir(parents=True)
+    node = {"_target_": f"vdmlab.diffusion.weighting.{'ELBO' if weighting == 'elbo' else 'EDM'}Weighting"}
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"weighting": node, "seed": seed}))
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"weighting": weighting}}}}))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"weighting={weighting}", f"seed={seed}"]))
+    (folder / "csv").mkdir()
+    (folder / "csv" / "metrics.csv").write_text(f"step,test/bpd,test/fid,test/fid_n\n10,{np.mean(per_example)},{fid},100\n")
+    diag = folder / "diagnostics"
+    diag.mkdir()
+    bins = [{"logsnr": lam, "elbo_bpd_per_logsnr": 0.1 * (lam + 2), "rate_bpd": 0.0, "rmse_levels": 1.0} for lam in (-1.0, 1.0)]
+    summary = {"bpd": float(np.mean(per_example)), "bpd_profile": float(np.mean(per_example)), "bpd_prior": 0.0,
+               "bpd_reconstruction": 0.0, **{f"scored/{k}": v for k, v in scored.items()}}
+    (diag / "profile.json").write_text(json.dumps({"edges": [-2.0, 0.0, 2.0], "bins": bins, "summary": summary,
+                                                   "rate_distortion": [{"rate_bpd": 0.0, "rmse_levels": 1.0}]}))
+    rows = "".join(f"{i},{v},0,0,0,{v}\n" for i, v in enumerate(per_example))
+    (diag / "per_example_bpd.csv").write_text("index,bpd,diffusion,prior,reconstruction,bpd_profile\n" + rows)
+
+
+def test_compare_pairs_runs_by_seed_and_names_a_run_not_best_on_its_own_loss(tmp_path):
+    from vdmlab.analysis.compare import compare
+
+    rng = np.random.default_rng(3)
+    examples = rng.normal(2.0, 0.3, 60)
+    for job, (weighting, seed) in enumerate([("elbo", 0), ("edm", 0), ("elbo", 1), ("edm", 1)]):
+        shift = 0.1 if weighting == "edm" else 0.0
+        # edm's network is worse than elbo's on both losses: it is not best on its own column
+        scored = {"elbo": 2.0 + shift, "edm": 1.0 + shift}
+        fake_run(tmp_path / str(job), weighting, seed, scored, examples + shift + 0.001 * seed, 10.0 - 2 * (weighting == "edm"))
+    text = compare(tmp_path)["markdown"].read_text()
+    edm_row = next(line for line in text.splitlines() if line.startswith("| edm (n=2) | +0.1"))
+    assert "(n=60) *" in edm_row and "(n=2) *" in edm_row and "-2.00" in edm_row  # bpd per example, over seeds, FID
+    assert "edm (n=2) is not best on its own loss edm" in text
+    assert "elbo (n=2) is not best" not in text

@@ -239,7 +239,7 @@ def gap_markdown(groups: list[GroupDiagnostics], ref: GroupDiagnostics, parts: i
     profiles = ref.profiles()
     edges = np.array(profiles[0]["edges"])
     widths = np.diff(edges)
-    splits = np.array_split(np.arange(len(widths)), parts)
+    splits = np.array_split(np.arange(len(widths)), min(parts, len(widths)))
     ranges = [f"λ ∈ [{edges[s[0]]:.1f}, {edges[s[-1] + 1]:.1f}]" for s in splits]
     header = ["group", *ranges, "prior", "reconstruction", "total Δ bits/dim"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
