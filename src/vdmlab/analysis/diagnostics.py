@@ -111,6 +111,9 @@ def diagnose(sweep_dir: str | Path, *, num_bins: int = 16, draws_per_bin: int = 
     for d in run_dirs:
         out = d / DIAGNOSTICS_DIR
         done = (out / "profile.json").is_file() and (copying_samples == 0 or (out / "copying.json").is_file())
+        if done:  # scored under every weighting of the sweep as it is now (a sweep that grew since is rescored)
+            summary = json.loads((out / "profile.json").read_text())["summary"]
+            done = all(f"scored_se/{label}" in summary for label in scored)
         if done and not force:
             continue
         built = build_from_checkpoint(str(d / "checkpoints" / "last.ckpt"))
@@ -287,8 +290,11 @@ def matrix_markdown(groups: list[GroupDiagnostics]) -> str:
                 text = f"**{text}**"
                 best = int(np.nanargmin(values[:, j]))
                 if best != i:
+                    se = math.hypot(*(groups[k].summary(f"scored_se/{c}")[0] or 0.0 for k in (i, best)))
+                    resolved = "beyond" if values[i, j] - values[best, j] > 2 * se else "within"
                     misfits.append(f"{g.label} is not best on its own loss {c}: {rows[best]} scores "
-                                   f"{values[best, j]:.4f} against its {values[i, j]:.4f} bits/dim")
+                                   f"{values[best, j]:.4f} against its {values[i, j]:.4f} bits/dim ({resolved} 2 standard "
+                                   f"errors of the difference, {se:.4f}, evaluation noise)")
             cells.append(text)
         lines.append("| " + " | ".join([g.label, *cells]) + " |")
     notes = ["", "Each cell: the weighted loss L_w = ½∫w(λ)E‖ε−ε̂‖²dλ (eq. 4.123) of the row's EMA network on the test "

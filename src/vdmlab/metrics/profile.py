@@ -122,7 +122,8 @@ class Profile:
                "profile_median_logsnr": float(self.edges[1 + int((cum < 0.5).sum())]),
                "n": int(bpd.shape[0])}
         for name, values in self.scored.items():
-            out[f"scored/{name}"] = float(self.bpd(bin_integral(values, self.edges)).mean())
+            mean, se = mean_and_se(self.bpd(bin_integral(values, self.edges)))
+            out[f"scored/{name}"], out[f"scored_se/{name}"] = float(mean), float(se)
         return out
 
     def to_json(self) -> dict:
