@@ -13,9 +13,18 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, eval_cost, gpu_options, quality_baseline, sampling_throughput, train_throughput
+from benchmarks import (
+    common,
+    diagnostics_study,
+    eval_cost,
+    gpu_options,
+    quality_baseline,
+    sampling_throughput,
+    train_throughput,
+)
 
-SCRIPTS = {m.NAME: m for m in (train_throughput, sampling_throughput, eval_cost, quality_baseline, gpu_options)}
+SCRIPTS = {m.NAME: m for m in (train_throughput, sampling_throughput, eval_cost, quality_baseline, gpu_options,
+                                diagnostics_study)}
 
 
 def main(argv: list[str] | None = None) -> None:

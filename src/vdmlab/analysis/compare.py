@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vdmlab.analysis import guidance, sweeps
+from vdmlab.analysis.diagnostics import diagnostics_section
 from vdmlab.analysis.runs import RunSummary, find_runs, read_metrics, read_run  # noqa: F401 - the runs, re-exported
 from vdmlab.analysis.sweeps import (  # noqa: F401 - the sweep report's tables and figures, re-exported
     COLORS,
@@ -29,9 +30,10 @@ from vdmlab.analysis.sweeps import (  # noqa: F401 - the sweep report's tables a
 REPORTS = (guidance, sweeps)  # the first whose applies(runs) is true writes the comparison
 
 
-def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+def compare(sweep_dir: str | Path, out_dir: str | Path | None = None, reference: str | None = None) -> dict[str, Path]:
     """Write the comparison of the runs below ``sweep_dir`` (tables and plots) into ``out_dir`` (default: the
-    sweep folder); returns the paths written, by name (``markdown`` is ``compare.md``)."""
+    sweep folder), then where the runs' objectives differ when they carry diagnostics (paired against the group
+    ``reference``); returns the paths written, by name (``markdown`` is ``compare.md``)."""
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a folder: pass a multirun folder, e.g. outputs/<task>/multiruns/<time>")
@@ -41,4 +43,9 @@ def compare(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
     out = Path(out_dir) if out_dir else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     report = next(r for r in REPORTS if r.applies(runs))
-    return report.write(runs, sweep_dir, out)
+    paths = report.write(runs, sweep_dir, out)
+    section, figures = diagnostics_section(sweep_dir, runs, group_by_seed(runs), out, reference)  # analysis/diagnostics.py
+    if section:
+        with paths["markdown"].open("a") as text:
+            text.write(section)
+    return {**figures, **paths}

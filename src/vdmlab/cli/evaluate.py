@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import format_table, pick_device
+from vdmlab.cli.diagnostics import run_diagnostics
 from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
 from vdmlab.fid_evaluation import compute_fid
@@ -113,13 +114,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in fid.items()})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    diagnostics = run_diagnostics(module, built.datamodule, loader, cfg, device, out)  # profile over λ, copying
+    metrics.update(diagnostics.metrics)
     (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
     loggers = instantiate_all(cfg.get("logger"))
     try:
         for logger in loggers:
             logger.log_metrics(metrics, step=0)
+        diagnostics.log(loggers, cfg.split)
     finally:
         finish_loggers(loggers)
-    log.info("Evaluated %s on the %s split (%s)\n%s\nmetrics written to %s", cfg.ckpt_path, cfg.split, device,
-             format_table(metrics), out / "metrics.json")
+    log.info("Evaluated %s on the %s split (%s)\n%s\n%smetrics written to %s", cfg.ckpt_path, cfg.split, device,
+             format_table(metrics), diagnostics.text, out / "metrics.json")
     return metrics

@@ -23,6 +23,7 @@ from torch import Tensor
 from vdmlab.callbacks.samples import class_rows, save_samples
 from vdmlab.cli.build import build_from_checkpoint, build_sampler
 from vdmlab.cli.common import format_table, pick_device
+from vdmlab.cli.diagnostics import copying_of
 from vdmlab.diffusion.likelihood import levels_to_values
 from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
@@ -124,6 +125,8 @@ def run(cfg: DictConfig) -> Path:
     metrics = {"num_samples": len(x), "steps": sampler.steps, **sampler.guidance_settings()}
     if cfg.metrics:
         metrics.update(fid_and_class_accuracy(module, built, x, labels, cfg, device))
+    if cfg.get("copying"):  # near-copies of training images (docs/diagnostics.md)
+        metrics.update(copying_of(x, built.datamodule, cfg.copying, cfg.fid.split))
     (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
     log.info("%d samples from %s\n  grid: %s\n  array: %s (x in [-1, 1], shape %s%s)\n%s\n  metrics: %s", len(x),
              cfg.ckpt_path, grid, npz, tuple(x.shape), ", labels y" if labels is not None else "",
