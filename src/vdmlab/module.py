@@ -198,6 +198,7 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(net, ema_decay, ema_warmup)
         self.eval_num_samples = int(eval_num_samples)
         self.sampler = dict(sampler) if sampler is not None else None
+        self.guide: Callable[[Tensor | None], Callable] | None = None  # autoguidance: labels → the guide's denoiser
         self.seed, self.nonfinite_patience, self.run_config = int(seed), int(nonfinite_patience), run_config
         self._noise_generator: torch.Generator | None = None
         self._noise_state: Tensor | None = None
@@ -500,6 +501,7 @@ class DiffusionModule(L.LightningModule):
 
         A class-conditional model needs ``labels`` ``[num]`` and is guided with weight ``guidance`` (default: the
         sampler's ``guidance``; 0 is the plain conditional model), only for λ in the sampler's guidance interval.
+        With ``self.guide`` set (eval/sample ``guide_ckpt=``) the weight is that of autoguidance instead.
         """
         configured = self.sampler or {}
         fn, steps = sampler or configured.get("fn"), steps or configured.get("steps")
@@ -516,6 +518,7 @@ class DiffusionModule(L.LightningModule):
             null_cond=None if labels is None else self.null_labels(labels),
             guidance_logsnr_min=configured.get("guidance_logsnr_min"),
             guidance_logsnr_max=configured.get("guidance_logsnr_max"),
+            guide=None if self.guide is None else self.guide(labels),
         )
         grid = logsnr_grid(schedule or configured.get("schedule") or self.schedule, int(steps), device=self.device)
         return generate(denoise, fn, grid, (num, *self.data_shape), self.num_levels, generator=generator,

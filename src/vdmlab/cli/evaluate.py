@@ -13,8 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from vdmlab.cli.autoguidance import attach_guide
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import format_table, pick_device
+from vdmlab.cli.posthoc_ema import apply_posthoc_ema
 from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
 from vdmlab.diffusion.likelihood import balanced_mixture_bpd
@@ -96,11 +98,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     overrides = {f"dataset.{k}": v for k, v in (cfg.get("dataset") or {}).items()}
     built = build_from_checkpoint(cfg.ckpt_path, overrides)
     module = built.module.to(device)
+    metrics = {**apply_posthoc_ema(module, cfg.ckpt_path, cfg.get("ema")),
+               **attach_guide(module, cfg.get("guide_ckpt"), device, cfg.get("guide_ema"))}
+    if (cfg.get("sampler") or {}).get("guidance") is not None:  # the FID samples' guidance weight
+        module.sampler["guidance"] = float(cfg.sampler.guidance)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = split_loader(built.datamodule, cfg.split)
     likelihoods = likelihood_choice(cfg)
-    metrics = {}
     if "elbo" in likelihoods:
         bpd = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
                            num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, generator=generator,
@@ -122,7 +127,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update({f"{cfg.split}/{k}": float(v) for k, v in fid.items()})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"),
+                                                  **metrics}, indent=2))
     loggers = instantiate_all(cfg.get("logger"))
     try:
         for logger in loggers:

@@ -21,8 +21,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import Tensor
 
 from vdmlab.callbacks.samples import class_rows, save_samples
+from vdmlab.cli.autoguidance import attach_guide
 from vdmlab.cli.build import build_from_checkpoint, build_sampler
 from vdmlab.cli.common import format_table, pick_device
+from vdmlab.cli.posthoc_ema import apply_posthoc_ema
 from vdmlab.diffusion.likelihood import levels_to_values
 from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
@@ -102,6 +104,8 @@ def run(cfg: DictConfig) -> Path:
                 cfg.diffusion[key] = getattr(module.schedule, key)
     sampler = build_sampler(cfg)
     module.sampler.update({key: sampler[key] for key in GUIDANCE_KEYS})
+    weights = {**apply_posthoc_ema(module, cfg.ckpt_path, cfg.get("ema")),
+               **attach_guide(module, cfg.get("guide_ckpt"), device, cfg.get("guide_ema"))}
     labels, nrow = sample_labels(cfg, module.num_classes, device)
     labels = module.check_label_values(labels)  # clear errors: labels for an unconditional model, none for a conditional one
     num_samples = cfg.num_samples if labels is None else len(labels)
@@ -124,10 +128,11 @@ def run(cfg: DictConfig) -> Path:
     extra = {} if labels is None else {"y": labels.cpu().numpy()}
     np.savez_compressed(npz, x=x.numpy(), ckpt_path=str(cfg.ckpt_path),
                         sampler=OmegaConf.to_yaml(cfg.sampler), seed=cfg.seed, **extra)
-    metrics = {"num_samples": len(x), "steps": sampler["steps"], **{k: sampler[k] for k in GUIDANCE_KEYS}}
+    metrics = {"num_samples": len(x), "steps": sampler["steps"], **{k: sampler[k] for k in GUIDANCE_KEYS}, **weights}
     if cfg.metrics:
         metrics.update(fid_and_class_accuracy(module, built, x, labels, cfg, device))
-    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"),
+                                                  **metrics}, indent=2))
     log.info("%d samples from %s\n  grid: %s\n  array: %s (x in [-1, 1], shape %s%s)\n%s\n  metrics: %s", len(x),
              cfg.ckpt_path, grid, npz, tuple(x.shape), ", labels y" if labels is not None else "",
              format_table({k: v for k, v in metrics.items() if v is not None}), out / "metrics.json")
