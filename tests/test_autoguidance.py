@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config
-from test_conditioning import NUM_CLASSES, PARAMS, RecordingNet, draw, samplers
+from test_conditioning import PARAMS, RecordingNet, draw, samplers
 
 from vdmlab.cli.autoguidance import check_guide
 from vdmlab.cli.build import build_run

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
 #: σ_rel of γ = 0, the uniform average of all the weights so far (1/√12): the longest profile
 SIGMA_REL_MAX = float(np.sqrt(1 / 12))
 
