@@ -98,10 +98,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     overrides = {f"dataset.{k}": v for k, v in (cfg.get("dataset") or {}).items()}
     built = build_from_checkpoint(cfg.ckpt_path, overrides)
     module = built.module.to(device)
-    metrics = {**apply_posthoc_ema(module, cfg.ckpt_path, cfg.get("ema")),
-               **attach_guide(module, cfg.get("guide_ckpt"), device, cfg.get("guide_ema"))}
     if (cfg.get("sampler") or {}).get("guidance") is not None:  # the FID samples' guidance weight
         module.sampler["guidance"] = float(cfg.sampler.guidance)
+    metrics = {**apply_posthoc_ema(module, cfg.ckpt_path, cfg.get("ema")),
+               **attach_guide(module, cfg.get("guide_ckpt"), device, cfg.get("guide_ema"))}
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = split_loader(built.datamodule, cfg.split)
