@@ -17,6 +17,7 @@ from vdmlab.callbacks.posthoc_ema import PostHocEMA
 from vdmlab.checks import ParameterError
 from vdmlab.cli.checkpoints import CheckpointError, load_checkpoint
 from vdmlab.cli.posthoc_ema import posthoc_ema_weights, snapshot_dirs
+from vdmlab.optim import EMA
 from vdmlab.posthoc_ema import (
     SIGMA_REL_MAX,
     gamma_from_sigma_rel,
@@ -99,6 +100,10 @@ class KnownSequence(L.LightningModule):
         super().__init__()
         self.net = nn.Linear(1, 1, bias=False)
         nn.init.zeros_(self.net.weight)
+        self.fixed = EMA(self.net, decay=0.9999)  # the module's own EMA, whose warm-up lasts the whole fit
+
+    def on_train_batch_end(self, *args):
+        self.fixed.update(self.net)
 
     @staticmethod
     def rate(step: int) -> float:
@@ -136,11 +141,11 @@ def known_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("known")
     trainer, callback = fit(KnownSequence(), 500, folder / "posthoc_ema")
     trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt")
-    return folder, callback
+    return folder, callback, trainer.lightning_module
 
 
 def test_the_tracked_averages_are_the_closed_form_power_function_averages(known_run):
-    _, callback = known_run
+    _, callback, _ = known_run
     theta = KnownSequence.theta(500)
     for gamma, ema in zip(callback.gammas, callback.emas):
         assert float(ema.weight) == pytest.approx(exact_power_average(theta, gamma), rel=1e-5)  # float32 sums
@@ -151,7 +156,7 @@ def test_power_ema_beta_is_zero_at_the_first_step():
 
 
 def test_a_tracked_sigma_rel_is_reconstructed_as_the_tracked_weights(known_run):
-    folder, callback = known_run
+    folder, callback, _ = known_run
     for sigma_rel, ema in zip(SIGMA_RELS, callback.emas):
         weights, summary = posthoc_ema_weights(folder / "checkpoints" / "last.ckpt",
                                                OmegaConf.create({"sigma_rel": sigma_rel}))
@@ -162,7 +167,7 @@ def test_a_tracked_sigma_rel_is_reconstructed_as_the_tracked_weights(known_run):
 # between the tracked σ_rel (0.05, 0.10) the solve interpolates; outside them it extrapolates and errs more
 @pytest.mark.parametrize(("sigma_rel", "tolerance"), [(0.06, 0.02), (0.08, 0.02), (0.03, 0.1), (0.15, 0.1)])
 def test_a_reconstructed_sigma_rel_matches_its_closed_form_average(known_run, sigma_rel, tolerance):
-    folder, callback = known_run
+    folder, callback, _ = known_run
     theta = KnownSequence.theta(500)
     exact = exact_power_average(theta, float(gamma_from_sigma_rel(sigma_rel)))
     weights, _ = posthoc_ema_weights(folder / "checkpoints" / "last.ckpt", OmegaConf.create({"sigma_rel": sigma_rel}))
@@ -171,8 +176,17 @@ def test_a_reconstructed_sigma_rel_matches_its_closed_form_average(known_run, si
     assert abs(float(weights["weight"]) - exact) < tolerance * min(abs(t - exact) for t in tracked)
 
 
+def test_the_warm_up_ema_is_close_to_the_power_function_ema_of_gamma_8(known_run):
+    """decay (1+n)/(10+n) = 1 − 9/(n+10) and β = (1 − 1/t)^(γ+1) ≈ 1 − (γ+1)/t: γ = 8, σ_rel = 0.0905 (eq. 123)."""
+    folder, callback, module = known_run
+    fixed = float(module.fixed.net.weight)
+    weights, _ = posthoc_ema_weights(folder / "checkpoints" / "last.ckpt",
+                                     OmegaConf.create({"sigma_rel": float(sigma_rel_from_gamma(8.0))}))
+    assert abs(float(weights["weight"]) - fixed) < 0.15 * min(abs(float(ema.weight) - fixed) for ema in callback.emas)
+
+
 def test_ema_length_in_steps_is_sigma_rel_times_the_step(known_run):
-    folder, _ = known_run
+    folder, _, _ = known_run
     ckpt = folder / "checkpoints" / "last.ckpt"
     by_length, summary = posthoc_ema_weights(ckpt, OmegaConf.create({"length": 40}))
     by_sigma, _ = posthoc_ema_weights(ckpt, OmegaConf.create({"sigma_rel": 40 / 500}))
