@@ -105,6 +105,7 @@ class DiffusionModule(L.LightningModule):
         self.time_sampler, self.run_config = time_sampler, run_config
         self.sampler = None if sampler is None else SamplerOptions.of(sampler)
         self.labels = ClassLabels(self.num_classes)
+        self.guide: Callable[[Tensor | None], Callable] | None = None  # autoguidance: labels → the guide's denoiser
         self.noise, self.step_times = NoiseStreams(self.seed), StepTimes(time_sampler)
         self.channels_last = check_bool("channels_last", channels_last) and len(self.data_shape) == 3
         if self.channels_last:
@@ -274,6 +275,7 @@ class DiffusionModule(L.LightningModule):
 
         A class-conditional model needs ``labels`` ``[num]`` and is guided with weight ``guidance`` (default: the
         sampler's ``guidance``; 0 is the plain conditional model), only for λ in the sampler's guidance interval.
+        With ``self.guide`` set (eval/sample ``guide_ckpt=``) the weight is that of autoguidance instead.
         """
         configured = self.sampler
         fn = sampler or (configured and configured.fn)
@@ -292,6 +294,7 @@ class DiffusionModule(L.LightningModule):
             null_cond=None if labels is None else self.labels.null(labels),
             guidance_logsnr_min=configured and configured.guidance_logsnr_min,
             guidance_logsnr_max=configured and configured.guidance_logsnr_max,
+            guide=None if self.guide is None else self.guide(labels),
         )
         grid = logsnr_grid(schedule or (configured and configured.schedule) or self.schedule, int(steps),
                            device=self.device)

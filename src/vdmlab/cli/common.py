@@ -77,6 +77,10 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "n": "examples evaluated",
     "seconds": "time of the bits/dim evaluation",
     "time/minutes": "wall-clock time of training and testing",
+    **{f"{prefix}/{key}": f"{whose} post-hoc EMA: {what}" for prefix, whose in (("ema", "the"), ("guide_ema", "the guide's"))
+       for key, what in (("sigma_rel", "relative EMA length σ_rel of the weights (EDM2)"),
+                         ("gamma", "power-function exponent γ of that σ_rel"), ("step", "the training step reconstructed"),
+                         ("snapshots", "snapshots combined by the least-squares solve"))},
     "train/steps": "optimizer steps taken",
 }
 #: the per-class count rows ``<prefix>_<k>`` of a class histogram (metrics.sample_metrics.class_counts)

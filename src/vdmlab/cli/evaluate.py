@@ -13,9 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from vdmlab.checks import check_float
+from vdmlab.cli.autoguidance import attach_guide
 from vdmlab.cli.build import build_from_checkpoint
 from vdmlab.cli.common import format_table, pick_device
 from vdmlab.cli.diagnostics import run_diagnostics
+from vdmlab.cli.posthoc_ema import apply_posthoc_ema
 from vdmlab.cli.train import instantiate_all
 from vdmlab.data.base import UniqueIndexDataset
 from vdmlab.fid_evaluation import compute_fid
@@ -97,11 +100,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     overrides = {f"dataset.{k}": v for k, v in (cfg.get("dataset") or {}).items()}
     built = build_from_checkpoint(cfg.ckpt_path, overrides)
     module = built.module.to(device)
+    if (cfg.get("sampler") or {}).get("guidance") is not None:  # the FID samples' guidance weight
+        module.sampler.guidance = check_float("sampler.guidance", cfg.sampler.guidance)
+    metrics = {**apply_posthoc_ema(module, cfg.ckpt_path, cfg.get("ema")),
+               **attach_guide(module, cfg.get("guide_ckpt"), device, cfg.get("guide_ema"))}
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = split_loader(built.datamodule, cfg.split)
     likelihoods = likelihood_choice(cfg)
-    metrics = {}
     if "elbo" in likelihoods:
         bpd = evaluate_bpd(module.elbo_model(num_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps), loader,
                            generator=generator, device=device, seed=int(cfg.seed), num_classes=module.num_classes)
@@ -116,7 +122,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     diagnostics = run_diagnostics(module, built.datamodule, loader, cfg, device, out)  # profile over λ, copying
     metrics.update(diagnostics.metrics)
-    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"), **metrics},
+                                                  indent=2))
     loggers = instantiate_all(cfg.get("logger"))
     try:
         for logger in loggers:

@@ -21,9 +21,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import Tensor
 
 from vdmlab.callbacks.samples import class_rows, save_samples
+from vdmlab.cli.autoguidance import attach_guide
 from vdmlab.cli.build import build_from_checkpoint, build_sampler
 from vdmlab.cli.common import format_table, pick_device
 from vdmlab.cli.diagnostics import copying_of
+from vdmlab.cli.posthoc_ema import apply_posthoc_ema
 from vdmlab.diffusion.likelihood import levels_to_values
 from vdmlab.loggers import capture_warnings
 from vdmlab.metrics.digits_classifier import class_matches
@@ -101,6 +103,8 @@ def run(cfg: DictConfig) -> Path:
             if cfg.diffusion[key] is None:
                 cfg.diffusion[key] = getattr(module.schedule, key)
     sampler = module.sampler = build_sampler(cfg)
+    weights = {**apply_posthoc_ema(module, cfg.ckpt_path, cfg.get("ema")),
+               **attach_guide(module, cfg.get("guide_ckpt"), device, cfg.get("guide_ema"))}
     labels, nrow = sample_labels(cfg, module.num_classes, device)
     labels = module.labels.check_sampling(labels, device)  # clear errors: labels for an unconditional model, none for others
     num_samples = cfg.num_samples if labels is None else len(labels)
@@ -122,12 +126,13 @@ def run(cfg: DictConfig) -> Path:
     extra = {} if labels is None else {"y": labels.cpu().numpy()}
     np.savez_compressed(npz, x=x.numpy(), ckpt_path=str(cfg.ckpt_path),
                         sampler=OmegaConf.to_yaml(cfg.sampler), seed=cfg.seed, **extra)
-    metrics = {"num_samples": len(x), "steps": sampler.steps, **sampler.guidance_settings()}
+    metrics = {"num_samples": len(x), "steps": sampler.steps, **sampler.guidance_settings(), **weights}
     if cfg.metrics:
         metrics.update(fid_and_class_accuracy(module, built, x, labels, cfg, device))
     if cfg.get("copying"):  # near-copies of training images (docs/diagnostics.md)
         metrics.update(copying_of(x, built.datamodule, cfg.copying, cfg.fid.split))
-    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"), **metrics},
+                                                  indent=2))
     log.info("%d samples from %s\n  grid: %s\n  array: %s (x in [-1, 1], shape %s%s)\n%s\n  metrics: %s", len(x),
              cfg.ckpt_path, grid, npz, tuple(x.shape), ", labels y" if labels is not None else "",
              format_table({k: v for k, v in metrics.items() if v is not None}), out / "metrics.json")

@@ -9,6 +9,8 @@ Conditioning (class labels, ...) is one keyword ``cond`` passed unchanged to the
 with ``cond=None`` the network is called as ``net(z, λ)``, so unconditional networks need not know about it.
 :meth:`Parameterization.denoiser` binds ``cond`` and the classifier-free guidance weight into the closure
 ``denoise(z_t, λ)``, so every sampler gets conditioning and guidance without a change of signature.
+Autoguidance (a guiding denoiser, e.g. an earlier checkpoint or a smaller network, in place of the unconditional
+model) is bound the same way: ``denoiser(net, guide=guide_denoise, guidance=w)``.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def call_net(net: nn.Module, z_t: Tensor, logsnr: Tensor, cond=None) -> Tensor:
 
 
 def guided_eps(eps_cond: Tensor, eps_uncond: Tensor, guidance: Tensor | float) -> Tensor:
-    """Classifier-free guidance ε̂ = (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) (Ho & Salimans 2022, eq. 6)."""
+    """Classifier-free guidance ε̂ = (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) (Ho & Salimans 2022, eq. 6); with a guiding model
+    in place of ε̂(z, ∅), autoguidance ε̂ = ε̂_main + w·(ε̂_main − ε̂_guide) (Karras et al. 2024, "Guiding a diffusion
+    model with a bad version of itself", §3)."""
     w = expand_like(torch.as_tensor(guidance, dtype=eps_cond.dtype, device=eps_cond.device), eps_cond)
     return eps_cond + w * (eps_cond - eps_uncond)
 
@@ -122,21 +126,42 @@ class Parameterization:
             eps_hat = eps_from_x(x_hat, z_t, logsnr_b)
         return Prediction(eps_hat, x_hat)
 
+    def predict_autoguided(self, net: nn.Module, guide: Denoiser, z_t: Tensor, logsnr: Tensor, cond, guidance: Tensor,
+                           clip_x: bool = False) -> Prediction:
+        """Autoguided (ε̂, x̂): the main prediction pushed away from ``guide``'s (its own parameterization, through ε
+        and x as Table 4.2 does); with ``clip_x`` x̂ is clipped after guidance and ε̂ re-derived from it."""
+        main, weak = self.predict(net, z_t, logsnr, cond=cond), guide(z_t, logsnr)
+        # every Table 4.2 map is affine in the output at fixed z_t: the same combination of x̂ is the x̂ of the ε̂
+        eps_hat, x_hat = guided_eps(main.eps_hat, weak.eps_hat, guidance), guided_eps(main.x_hat, weak.x_hat, guidance)
+        if clip_x:
+            x_hat = x_hat.clamp(-1.0, 1.0)
+            eps_hat = eps_from_x(x_hat, z_t, logsnr)
+        return Prediction(eps_hat, x_hat)
+
     def posterior_mean(self, out: Tensor, z_t: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
         """μθ(z_t; s, t) for this parameterization: eq. (3.47) with x̂ in place of x, eqs. (3.59, 4.1), Table 4.1."""
         return posterior_mean(z_t, self.to_x(out, z_t, logsnr_t), logsnr_s, logsnr_t)
 
     def denoiser(
         self, net: nn.Module, clip_x: bool = False, cond=None, guidance: float = 0.0, null_cond=None,
-        guidance_logsnr_min: float | None = None, guidance_logsnr_max: float | None = None,
+        guidance_logsnr_min: float | None = None, guidance_logsnr_max: float | None = None, guide: Denoiser | None = None,
     ) -> Denoiser:
         """A closure (z_t, λ) → Prediction for samplers and likelihood evaluation, with ``cond`` bound.
 
         With ``guidance`` w ≠ 0 the closure is classifier-free guided toward ``cond`` against ``null_cond`` (the
-        null class ∅), for λ in [guidance_logsnr_min, guidance_logsnr_max] only (None: no bound).
+        null class ∅), or, given a ``guide`` denoiser (z_t, λ) → Prediction, autoguided away from it, for λ in
+        [guidance_logsnr_min, guidance_logsnr_max] only (None: no bound).
         """
         if not guidance:
             return lambda z_t, logsnr: self.predict(net, z_t, logsnr, clip_x=clip_x, cond=cond)
+        if guide is not None:
+            def autoguide(z_t: Tensor, logsnr: Tensor) -> Prediction:
+                w = guidance_weight(logsnr.expand(z_t.shape[0]), guidance, guidance_logsnr_min, guidance_logsnr_max)
+                if not bool(w.any()):
+                    return self.predict(net, z_t, logsnr, clip_x=clip_x, cond=cond)
+                return self.predict_autoguided(net, guide, z_t, logsnr, cond, w, clip_x=clip_x)
+
+            return autoguide
         if cond is None or null_cond is None:
             raise ValueError(
                 f"classifier-free guidance (sampler.guidance={guidance}) needs a conditional model and labels: "
