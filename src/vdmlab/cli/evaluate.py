@@ -122,8 +122,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     diagnostics = run_diagnostics(module, built.datamodule, loader, cfg, device, out)  # profile over λ, copying
     metrics.update(diagnostics.metrics)
-    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"), **metrics},
-                                                  indent=2))
+    record = {"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"), **metrics}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
     loggers = instantiate_all(cfg.get("logger"))
     try:
         for logger in loggers:

@@ -131,8 +131,8 @@ def run(cfg: DictConfig) -> Path:
         metrics.update(fid_and_class_accuracy(module, built, x, labels, cfg, device))
     if cfg.get("copying"):  # near-copies of training images (docs/diagnostics.md)
         metrics.update(copying_of(x, built.datamodule, cfg.copying, cfg.fid.split))
-    (out / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"), **metrics},
-                                                  indent=2))
+    record = {"ckpt_path": str(cfg.ckpt_path), "guide_ckpt": cfg.get("guide_ckpt"), **metrics}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
     log.info("%d samples from %s\n  grid: %s\n  array: %s (x in [-1, 1], shape %s%s)\n%s\n  metrics: %s", len(x),
              cfg.ckpt_path, grid, npz, tuple(x.shape), ", labels y" if labels is not None else "",
              format_table({k: v for k, v in metrics.items() if v is not None}), out / "metrics.json")
