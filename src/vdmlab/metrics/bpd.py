@@ -34,6 +34,7 @@ from vdmlab.data.base import UniqueIndexDataset, split_batch, split_index_batch 
 from vdmlab.diffusion.likelihood import ELBOTerms, negative_elbo
 from vdmlab.diffusion.parameterization import Parameterization
 from vdmlab.diffusion.schedules import Schedule
+from vdmlab.metrics.progress import progress
 
 
 def mean_and_standard_error(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,7 +225,8 @@ def evaluate_bpd(
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            for batch in dataloader:
+            for batch in progress(dataloader, total=len(dataloader) if hasattr(dataloader, "__len__") else None,
+                                  desc="bits/dim"):
                 index, x, y = split_batch(batch)
                 if y is not None:
                     y = (torch.full_like(y, null_class) if null_class is not None else y).to(device)
