@@ -60,8 +60,11 @@ def build(arm: str, width: int = 128):
 
         spec = PRESETS["ddpm_cifar10"]
         return UNet(data_shape=spec["data_shape"], **{**spec["unet"], "width": width, "dropout": DROPOUT})
-    from diffusers import UNet2DModel
-
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as err:
+        raise SystemExit("benchmarks/unet_vs_diffusers.py needs diffusers: pip install diffusers "
+                         "(or pip install -e '.[dev]')") from err
     scale = [c * width // 128 for c in DIFFUSERS_DDPM_CIFAR10["block_out_channels"]]
     return UNet2DModel(**{**DIFFUSERS_DDPM_CIFAR10, "block_out_channels": scale, "dropout": DROPOUT})
 
