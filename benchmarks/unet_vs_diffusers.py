@@ -146,6 +146,7 @@ def _memory_child(queue, arm, width, batch, option, threads) -> None:
         if threads:
             torch.set_num_threads(threads)
         import diffusers  # noqa: F401 - imported before the baseline in both arms
+
         import vdmlab.models  # noqa: F401
 
         baseline = _current_rss_mib()
