@@ -9,8 +9,8 @@ temporary folder, its digits-classifier features added to FIDMetric's running su
 the kept subsets (``metrics_s``). ``--samples synthetic``: the same with uniform random levels in place of the
 network's samples (what the pipeline itself costs, without the sampler's network evaluations).
 bits/dim row: :func:`vdmlab.metrics.bpd.evaluate_bpd` (continuous-time ELBO, 8 λ draws per example as ``eval.py``'s
-``bpd.num_samples``) over N random 1x8x8 digits-shaped images of 17 levels (the digits splits hold fewer than 1,000 images). Peak memory: the process's peak RSS above its RSS after building
-the run (Linux VmHWM, reset then).
+``bpd.num_samples``) over N random 1x8x8 digits-shaped images of 17 levels (the digits splits hold fewer than 1,000
+images). Peak memory: the process's peak RSS above its RSS after building the run (Linux VmHWM, reset then).
 
     python benchmarks/eval_scaling.py --device cpu --threads 1 --sizes 1000 10000 50000 --samples synthetic network \
         --network-sizes 1000 --bpd-sizes 1000 10000
