@@ -37,3 +37,28 @@ def test_unet_vs_diffusers_quick(tmp_path):
     assert payload["vdmlab_fastest"] in options
     assert (len(payload["rows"]) == 3) == (payload["vdmlab_fastest"] != "32-true")  # then paired with diffusers' eager
 
+
+
+@pytest.mark.slow
+def test_eval_scaling_quick(tmp_path):
+    from benchmarks import eval_scaling as E
+
+    out = tmp_path / "e.json"
+    E.main(["--quick", "--device", "cpu", "--samples", "synthetic", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    fid_rows = [r for r in rows if r["what"].startswith("FID")]
+    assert [r["n"] for r in fid_rows] == [60, 200] and all(r["fid_n"] == r["n"] for r in fid_rows)
+    assert [r["kept_features"] for r in fid_rows] == [60, 100]  # the reservoir caps the features at --subset
+    assert all(common.finite(r["bpd"]) and r["bpd"] > 0 for r in rows if r["what"] == "bits/dim")
+
+
+@pytest.mark.slow
+def test_image_folder_scale_quick_rebuilds_the_cache_after_a_change(tmp_path):
+    from benchmarks import image_folder_scale as F
+
+    out = tmp_path / "f.json"
+    payload = F.main(["--quick", "--device", "cpu", "--out", str(out)])
+    assert payload["changed_file_rebuilt_cache"] is True
+    first, reload, changed = payload["rows"]
+    assert first["images"] == reload["images"] == changed["images"] == 600
+    assert first["cache_file"] == reload["cache_file"] != changed["cache_file"]
