@@ -33,14 +33,15 @@ def base_env() -> dict:
 def run_job(mode: str, out: Path) -> dict:
     if mode == "nodes":
         port = free_port()
-        procs = []
+        procs, logs = [], [out / f"node{node}.log" for node in range(2)]
         for node in range(2):
             env = {**base_env(), "NODE_RANK": str(node), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), mode, str(out)], env=env, cwd=REPO,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        logs = [p.communicate(timeout=900)[0] for p in procs]
-        assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+            with logs[node].open("w") as log:  # a file, not a pipe: a rank blocked on a full pipe would hang the job
+                procs.append(subprocess.Popen([sys.executable, str(WORKER), mode, str(out)], env=env, cwd=REPO,
+                                              stdout=log, stderr=subprocess.STDOUT))
+        codes = [p.wait(timeout=900) for p in procs]
+        assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     else:
         result = subprocess.run([sys.executable, str(WORKER), mode, str(out)], env=base_env(), cwd=REPO,
                                 capture_output=True, text=True, timeout=900)
