@@ -20,6 +20,9 @@ EVAL_RANK_STRIDE = 15_485_863
 FID_RANK_STRIDE = 31
 #: FID sample seeds of the repeats (``fid.repeats``): ``+ FID_REPEAT_STRIDE·repeat``
 FID_REPEAT_STRIDE = 7_919
+#: FID samples made in batches written to disk (``fid.samples_dir``): batch b of repeat r draws with
+#: ``seed + 1 + FID_REPEAT_STRIDE·r + FID_BATCH_STRIDE·b``, whichever rank makes it
+FID_BATCH_STRIDE = 1_000_033
 #: ODE likelihood, per-example rows of the counter-based generator: Hutchinson probes ``id·P + p + ODE_PROBE_STRIDE·(seed + 1)``
 ODE_PROBE_STRIDE = 7_000_003
 #: ODE likelihood, dequantization noise ``id·S + s + ODE_DEQUANTIZATION_STRIDE·(seed + 1)`` for draw s of S

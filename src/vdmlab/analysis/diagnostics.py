@@ -127,7 +127,7 @@ def diagnose(sweep_dir: str | Path, *, num_bins: int = 16, draws_per_bin: int = 
         profile.write(out)
         if copying_samples > 0:
             generator = torch.Generator(device=device).manual_seed(seed)
-            labels = None if module.num_classes is None else module.balanced_labels(range(copying_samples))
+            labels = None if module.num_classes is None else module.labels.balanced(range(copying_samples), module.device)
             samples = module.sample(copying_samples, steps=sample_steps, generator=generator, labels=labels).cpu()
             values = copying_metrics(samples, split_images(built.datamodule, "train"), split_images(built.datamodule, "test"))
             (out / "copying.json").write_text(json.dumps({**values, "sample_steps": sample_steps, "seed": seed}, indent=2))

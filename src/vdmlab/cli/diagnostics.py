@@ -78,7 +78,7 @@ def run_diagnostics(module, datamodule, loader, cfg: DictConfig, device: torch.d
     if cfg.get("copying"):
         c = cfg.copying
         generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
-        labels = None if module.num_classes is None else module.balanced_labels(range(int(c.num_samples)))
+        labels = None if module.num_classes is None else module.labels.balanced(range(int(c.num_samples)), module.device)
         samples = torch.cat([
             module.sample(min(int(c.batch_size), int(c.num_samples) - start), steps=int(c.steps), generator=generator,
                           labels=None if labels is None else labels[start:start + int(c.batch_size)]).cpu()

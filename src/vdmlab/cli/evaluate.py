@@ -25,6 +25,7 @@ from vdmlab.fid_evaluation import compute_fid
 from vdmlab.loggers import capture_warnings, finish_loggers
 from vdmlab.metrics.bpd import evaluate_bpd
 from vdmlab.metrics.fid import FIDMetric, build_extractor, fid_feature, split_fid
+from vdmlab.metrics.fid_samples import sharded_sample_fid
 from vdmlab.metrics.ode_bpd import evaluate_ode_bpd
 from vdmlab.metrics.sample_metrics import RecordingExtractor, sample_metrics
 
@@ -47,14 +48,18 @@ def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.
     the real-vs-real floor (cached under ``cfg.stats_dir``), and KID, precision/recall (and the digits' class
     histogram) of the first repeat's samples from the same features."""
     feature = fid_feature(cfg.feature, module.data_shape, module.num_levels)
-    recorder = RecordingExtractor(build_extractor(feature, cfg.inception_path))  # keeps the features for KID & co.
+    # keeps (a capped random subset of) the features for KID & co.
+    recorder = RecordingExtractor(build_extractor(feature, cfg.inception_path), limit=cfg.get("metrics_subset"))
     metric = FIDMetric(recorder, reset_real_features=False).to(device)
     # KID and precision/recall need the real features themselves, not the cached sums: extract them (one pass)
     metric.update_from_dataset(getattr(datamodule, f"{split}_set"), real=True, batch_size=int(cfg.batch_size))
     real, fake = recorder.take(), []
 
     def fake_fid(repeat: int) -> dict[str, float]:
-        values = compute_fid(module, metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat)
+        if cfg.get("samples_dir"):  # batches written as they are made, reused on a rerun
+            values = sharded_fid(module, metric, cfg, repeat)
+        else:
+            values = compute_fid(module, metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat)
         fake.append(recorder.take())  # this repeat's sample features
         return values
 
@@ -65,6 +70,21 @@ def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.
     recorder.take()  # the floor's train images
     extra = sample_metrics(real, fake[0], recorder.extractor, k=int(cfg.pr_k), kid_blocks=int(cfg.kid_blocks), seed=0)
     return {**values, "fid_seconds": seconds, **extra}
+
+
+def sharded_fid(module, metric: FIDMetric, cfg: DictConfig, repeat: int) -> dict[str, float]:
+    """``module``'s EMA samples for FID made batch by batch into ``cfg.samples_dir`` (metrics/fid_samples.py)."""
+    def sample(n, generator, y=None):
+        return module.sample(n, steps=int(cfg.steps), generator=generator, labels=y)
+
+    conditional = module.num_classes is not None
+    values = sharded_sample_fid(metric, sample, int(cfg.num_samples), int(cfg.batch_size), module.num_levels,
+                                int(module.seed), repeat, cfg.samples_dir,
+                                labels=(lambda indices: module.labels.balanced(indices, module.device)) if conditional else None,
+                                classifier=getattr(metric.extractor, "classifier", None) if conditional else None)
+    log.info("FID samples of repeat %d: %d batches reused from %s", repeat, values.pop("fid_batches_loaded"),
+             cfg.samples_dir)
+    return values
 
 
 def likelihood_choice(cfg: DictConfig) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ The rule for every image (any size, mode or aspect ratio; docs/datasets.md):
   sizes and aspect ratios gives one shape;
 - mapped to x = 2·pixel/255 - 1.
 
-The whole folder is decoded once into a uint8 tensor ``[N, C, S, S]``; with ``cache_dir`` that tensor (with the
+The whole folder is decoded once into a uint8 tensor ``[N, C, S, S]`` (by a pool of worker processes, one per core,
+with a progress bar); with ``cache_dir`` that tensor (with the
 labels) is stored in ``<cache_dir>/<key>.pt``, the key a hash of the folder's files (relative paths, sizes, mtimes),
 ``image_size`` and ``channels``: a later run loads it instead of decoding, and any added, removed or changed file
 makes a new key. A cache file that cannot be read is moved aside (``.corrupt-<n>``) and rebuilt.
@@ -119,6 +120,57 @@ def load_image(path: Path, image_size: int, channels: int) -> Tensor:
         raise OSError(f"could not read image file {path}: {type(err).__name__}: {err}") from err
 
 
+#: files decoded per task of the worker pool (one progress step)
+DECODE_CHUNK = 512
+
+
+def _decode_chunk(paths: Sequence[Path], image_size: int, channels: int) -> np.ndarray:
+    """uint8 ``[n, C, S, S]`` of ``paths`` (a worker's task)."""
+    return np.stack([load_image(path, image_size, channels).numpy() for path in paths])
+
+
+def decode_workers(workers: int | None, num_files: int) -> int:
+    """Worker processes for decoding ``num_files``: ``workers``, or every usable core (None); 0 for a small folder."""
+    if num_files <= DECODE_CHUNK:  # one chunk: starting processes would cost more than they save
+        return 0
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if workers <= 1 else int(workers)
+
+
+def decode_images(files: Sequence[Path], image_size: int, channels: int, workers: int | None = None) -> Tensor:
+    """Decode ``files`` into one uint8 tensor ``[N, C, S, S]`` (filled in place, in file order) by ``load_image``,
+    ``DECODE_CHUNK`` files per task of a pool of ``decode_workers(workers)`` processes, with a progress bar (ETA)."""
+    from tqdm.auto import tqdm
+
+    levels = torch.empty((len(files), channels, image_size, image_size), dtype=torch.uint8)
+    chunks = [files[i : i + DECODE_CHUNK] for i in range(0, len(files), DECODE_CHUNK)]
+    n_workers = decode_workers(workers, len(files))
+    pool = None
+    bar = tqdm(total=len(files), desc="decoding images", unit="img", leave=False, dynamic_ncols=True, mininterval=1.0,
+               disable=None)
+    try:
+        if n_workers == 0:
+            parts = (_decode_chunk(chunk, image_size, channels) for chunk in chunks)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+            pool = ProcessPoolExecutor(max_workers=min(n_workers, len(chunks)), mp_context=context)
+            parts = pool.map(_decode_chunk, chunks, [image_size] * len(chunks), [channels] * len(chunks))
+        start = 0
+        for part in parts:  # in file order
+            levels[start : start + len(part)] = torch.from_numpy(part)
+            start += len(part)
+            bar.update(len(part))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return levels
+
+
 class DecodedImages(LevelDataset):
     """A split of a decoded image folder: uint8 levels [N, C, S, S], its ``files`` and (with class folders) ``labels``."""
 
@@ -162,6 +214,7 @@ class ImageFolderDataModule(DiffusionDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         verify_images: bool = True,
+        decode_workers: int | None = None,
         *,
         cache_dir: str | None,
         **common,
@@ -177,6 +230,8 @@ class ImageFolderDataModule(DiffusionDataModule):
             verify_images: check in ``setup`` that every file opens with PIL (``verify()``), naming the first
                 bad file, before decoding (skipped when the decoded cache is valid); turn off only for huge folders
                 already known to be clean.
+            decode_workers: processes that decode the folder the first time (None: every usable core; 0 or 1: this
+                process); folders of at most ``DECODE_CHUNK`` files are decoded in this process.
             cache_dir: folder of the decoded uint8 cache, keyed by the files (None: decode in memory at every start).
             common: the arguments of every datamodule (see :class:`~vdmlab.data.base.DiffusionDataModule`);
                 here ``seed`` also seeds the train/val/test split.
@@ -189,6 +244,7 @@ class ImageFolderDataModule(DiffusionDataModule):
             raise ParameterError(tuple(fractions), tuple(fractions.values()),
                                  "val_fraction + test_fraction must be < 1 to leave training images")
         self.verify_images = check_bool("verify_images", verify_images)
+        self.decode_workers = check_int("decode_workers", decode_workers, 0, optional=True)
         self.root = Path(str(root)).expanduser()
         super().__init__(num_levels=256, data_shape=(channels, image_size, image_size), **common)
         self.image_size, self.channels = image_size, channels
@@ -259,7 +315,7 @@ class ImageFolderDataModule(DiffusionDataModule):
             self.list_files(verify=True)
         log.info("decoding %d images of %s to %dx%d (once%s)", len(files), self.root, self.image_size, self.image_size,
                  f"; cached in {self.cache_path}" if self.cache_path else "")
-        levels = torch.stack([load_image(path, self.image_size, self.channels) for path in files])
+        levels = decode_images(files, self.image_size, self.channels, self.decode_workers)
         labels, names = class_labels(self.root, files)
         if self.cache_path is not None:
             atomic_save({"key": key, "version": CACHE_VERSION, "files": rel, "levels": levels, "labels": labels,

@@ -32,6 +32,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from vdmlab.data.base import UniqueIndexDataset, split_batch, split_index_batch  # noqa: F401 - re-exported
 from vdmlab.diffusion.likelihood import ELBOModel, ELBOTerms, balanced_mixture_bpd, negative_elbo
+from vdmlab.metrics.progress import progress
 
 
 def mean_and_standard_error(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -256,7 +257,8 @@ def evaluate_bpd(
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            for batch in dataloader:
+            for batch in progress(dataloader, total=len(dataloader) if hasattr(dataloader, "__len__") else None,
+                                  desc="bits/dim"):
                 index, x, y = split_batch(batch)
                 per_example = seed is not None and index is not None
                 metrics.update(x.to(device), model, None if y is None else y.to(device), generator=generator,

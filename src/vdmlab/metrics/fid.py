@@ -16,6 +16,10 @@ reduction, ``reset_real_features``) with:
   :meth:`FIDMetric.compute_dict`, which reports the score with its sample count,
   ``{"fid", "fid_n", "fid_n_real"}`` (FID@2k ≠ FID@50k).
 
+Memory: the statistics are torchmetrics' running sums Σf, Σffᵀ and n (float64, F + F² numbers per set), whatever the
+number of images; loops over images show a progress bar with ETA on a terminal. Samples written to disk batch by
+batch and resumable: :mod:`vdmlab.metrics.fid_samples`.
+
 Distributed evaluation: feature sums are summed over ranks, so each image must be fed on exactly one rank.
 Feed real images with :meth:`FIDMetric.update_from_dataset` (unpadded shards, not ``DistributedSampler``) and
 generate ``len(shard_indices(n_fake))`` samples per rank, so that the ranks together make exactly ``n_fake``.
@@ -35,6 +39,7 @@ from vdmlab.cache import atomic_save, load_checked
 from vdmlab.checks import ParameterError
 from vdmlab.distributed import all_reduce_sum, rank_and_world
 from vdmlab.metrics.digits_classifier import DigitsClassifier, class_matches, load_digits_classifier
+from vdmlab.metrics.progress import progress
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
@@ -201,7 +206,8 @@ def sample_fid(metric: FIDMetric, sample: Callable[..., Tensor], num_samples: in
     metric.reset()  # keeps the real statistics when the metric was built with reset_real_features=False
     shard = shard_indices(num_samples)
     correct, total = 0.0, 0.0
-    for start in range(0, len(shard), batch_size):
+    starts = range(0, len(shard), batch_size)
+    for start in progress(starts, total=len(starts), desc="FID samples"):
         indices = shard[start : start + batch_size]
         if labels is None:
             metric.update(sample(len(indices)), real=False)
@@ -274,7 +280,8 @@ class FIDMetric(FrechetInceptionDistance):
         Returns the number of images fed on this rank.
         """
         indices = shard_indices(len(dataset))
-        for start in range(0, len(indices), batch_size):
+        starts = range(0, len(indices), batch_size)
+        for start in progress(starts, total=len(starts), desc="FID features of real images"):
             items = [dataset[i] for i in indices[start : start + batch_size]]
             x = torch.stack([item[1] if isinstance(item, (tuple, list)) else item for item in items])
             self.update(x.to(self.device), real=real)

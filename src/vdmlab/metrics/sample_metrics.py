@@ -5,7 +5,11 @@
   estimates and its standard error is their spread / √blocks (independent blocks, an honest s.e.).
 - Improved precision and recall (Kynkäänniemi et al. 2019): each point's k-NN radius within its own set
   (k = 3) defines a ball; precision is the fraction of generated points inside some real ball, recall the
-  fraction of real points inside some generated ball.
+  fraction of real points inside some generated ball. Distances are computed a block of rows at a time.
+
+Both need the features themselves (FID needs only their sums): at 50,000 samples they run on a uniform random
+subset of at most ``fid.metrics_subset`` real and generated features (:class:`RecordingExtractor`'s reservoir),
+so that memory and the O(N²) distances stay bounded whatever N is.
 - On the digits, the shipped classifier's class histogram of the samples (mode coverage: a missing digit
   shows as a zero count). The classifier's head acts on the FID features (its penultimate layer).
 
@@ -20,13 +24,28 @@ from torch import Tensor, nn
 
 
 class RecordingExtractor(nn.Module):
-    """An FID feature extractor that also keeps every feature batch it returns (``take()`` hands them over)."""
+    """An FID feature extractor that also keeps the feature rows it returns (``take()`` hands them over).
 
-    def __init__(self, extractor: nn.Module):
+    ``limit`` (``fid.metrics_subset``) bounds what is kept: at most ``limit`` rows, a uniform random subset of all
+    the rows seen since the last ``take()`` (reservoir sampling, Vitter's algorithm R, seeded by ``seed``), so that
+    KID and precision/recall of 50,000 samples hold ``limit`` features and not 50,000. None keeps every row.
+    """
+
+    def __init__(self, extractor: nn.Module, limit: int | None = None, seed: int = 0):
         super().__init__()
+        if limit is not None and int(limit) < 2:
+            raise ValueError(f"fid.metrics_subset={limit}: keep at least 2 features (or null to keep all)")
         self.extractor = extractor
         self.num_features = extractor.num_features
+        self.limit = None if limit is None else int(limit)
+        self.seed = int(seed)
+        self._reset()
+
+    def _reset(self) -> None:
         self.recorded: list[Tensor] = []
+        self.kept: Tensor | None = None  # the reservoir once ``limit`` rows have been seen
+        self.seen = 0
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     @property
     def classifier(self) -> nn.Module | None:
@@ -38,13 +57,39 @@ class RecordingExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.extractor(x)
-        self.recorded.append(features.detach().double().cpu())
+        self.record(features.detach().double().cpu())
         return features
 
+    def record(self, rows: Tensor) -> None:
+        """Keep ``rows`` ``[n, F]``: all of them, or their share of the reservoir of ``limit`` rows."""
+        if self.limit is None:
+            self.recorded.append(rows)
+            self.seen += rows.shape[0]
+            return
+        if self.kept is None:
+            free = self.limit - self.seen
+            self.recorded.append(rows[:free])
+            self.seen += min(free, rows.shape[0])
+            rows = rows[free:]
+            if self.seen < self.limit:
+                return
+            self.kept, self.recorded = torch.cat(self.recorded), []
+        if rows.shape[0] == 0:
+            return
+        # row j (0-based over all rows seen) replaces slot r ~ U{0..j} when r < limit (algorithm R)
+        position = self.seen + torch.arange(rows.shape[0], dtype=torch.float64)
+        slot = (torch.rand(rows.shape[0], generator=self.generator, dtype=torch.float64) * (position + 1)).long()
+        for i in torch.nonzero(slot < self.limit).flatten().tolist():  # in order: a later row wins a shared slot
+            self.kept[slot[i]] = rows[i]
+        self.seen += rows.shape[0]
+
     def take(self) -> Tensor:
-        """The features recorded since the last ``take()``, ``[N, F]`` float64, and forget them."""
-        features = torch.cat(self.recorded) if self.recorded else torch.empty(0, self.num_features, dtype=torch.float64)
-        self.recorded = []
+        """The features kept since the last ``take()``, ``[min(N, limit), F]`` float64, and forget them."""
+        if self.kept is not None:
+            features = self.kept
+        else:
+            features = torch.cat(self.recorded) if self.recorded else torch.empty(0, self.num_features, dtype=torch.float64)
+        self._reset()
         return features
 
 
@@ -76,15 +121,20 @@ def kid(real: Tensor, fake: Tensor, num_blocks: int = 10, seed: int = 0) -> dict
     return {"kid": float(values.mean()), "kid_se": float(values.std() / num_blocks**0.5)}
 
 
-def knn_radii(features: Tensor, k: int) -> Tensor:
-    """Distance from each row to its k-th nearest other row, ``[n]``."""
-    dist = torch.cdist(features, features)
-    return dist.kthvalue(k + 1, dim=1).values  # the 1st smallest is the point itself (distance 0)
+#: rows of a distance matrix computed at once: memory ``CHUNK_ROWS × n`` instead of ``n × n``
+CHUNK_ROWS = 1024
 
 
-def coverage_fraction(points: Tensor, centres: Tensor, radii: Tensor) -> float:
-    """Fraction of ``points`` inside at least one ball (centre_j, radius_j)."""
-    return float((torch.cdist(points, centres) <= radii[None, :]).any(1).double().mean())
+def knn_radii(features: Tensor, k: int, chunk: int = CHUNK_ROWS) -> Tensor:
+    """Distance from each row to its k-th nearest other row, ``[n]`` (distances ``chunk`` rows at a time)."""
+    # the 1st smallest is the point itself (distance 0)
+    return torch.cat([torch.cdist(part, features).kthvalue(k + 1, dim=1).values for part in features.split(chunk)])
+
+
+def coverage_fraction(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = CHUNK_ROWS) -> float:
+    """Fraction of ``points`` inside at least one ball (centre_j, radius_j) (distances ``chunk`` points at a time)."""
+    inside = sum(int((torch.cdist(part, centres) <= radii[None, :]).any(1).sum()) for part in points.split(chunk))
+    return inside / points.shape[0]
 
 
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]:
