@@ -97,8 +97,7 @@ def bpd_at(n: int, batch_size: int, device_type: str, threads: int | None) -> di
     loader = DataLoader(TensorDataset(torch.arange(n), x), batch_size=batch_size)
     baseline = memory.reset_peak()
     start = time.perf_counter()
-    result = evaluate_bpd(module.ema.net, module.schedule, module.parameterization, loader, module.num_levels,
-                          num_samples=8, device=device, seed=0)
+    result = evaluate_bpd(module.elbo_model(num_samples=8, timesteps=None), loader, device=device, seed=0)
     return {"what": "bits/dim", "n": n, "seconds": time.perf_counter() - start,
             "peak_mib": memory.peak_rss_mib() - baseline, "bpd": result["bpd"], "bpd_se": result["bpd_se"],
             "batch_size": batch_size}

@@ -4,7 +4,7 @@ float32 bound up to the network's bf16 rounding."""
 
 import torch
 
-from vdmlab.diffusion.likelihood import negative_elbo
+from vdmlab.diffusion.likelihood import ELBOModel, negative_elbo
 from vdmlab.diffusion.losses import diffusion_loss
 from vdmlab.diffusion.parameterization import EpsParameterization
 from vdmlab.diffusion.schedules import LinearSchedule
@@ -24,8 +24,7 @@ def setup():
 def test_elbo_terms_are_float32_under_bf16_autocast_and_match_the_float32_bound():
     net, x = setup()
     schedule, param = LinearSchedule(-30.0, 30.0), EpsParameterization()
-    kwargs = dict(net=net, schedule=schedule, parameterization=param, num_levels=17, num_samples=4,
-                  example_ids=torch.arange(32), seed=3)
+    kwargs = dict(model=ELBOModel(net, schedule, param, num_levels=17, num_samples=4), example_ids=torch.arange(32), seed=3)
     with torch.no_grad():
         full = negative_elbo(x, **kwargs)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -13,7 +13,7 @@ from vdmlab.diffusion import parameterization as PZ
 from vdmlab.diffusion import profile as PR
 from vdmlab.diffusion import schedules as S
 from vdmlab.diffusion import weighting as W
-from vdmlab.diffusion.likelihood import negative_elbo
+from vdmlab.diffusion.likelihood import ELBOModel, negative_elbo
 from vdmlab.metrics.bpd import evaluate_bpd
 from vdmlab.metrics.profile import evaluate_profile, log_profile
 
@@ -46,8 +46,8 @@ def test_profile_integrates_to_the_diffusion_term_of_the_elbo():
                              parameterization=PZ.EpsParameterization(),
                              edges=PR.bin_edges(LMIN, LMAX, 16), draws=2, example_ids=ids, seed=0)
     integral = PR.bin_integral(terms.elbo, PR.bin_edges(LMIN, LMAX, 16))
-    elbo = negative_elbo(x, net=net, schedule=schedule, parameterization=PZ.EpsParameterization(), num_levels=256,
-                         num_samples=16, example_ids=ids, seed=1).diffusion
+    elbo = negative_elbo(x, ELBOModel(net, schedule, PZ.EpsParameterization(), num_levels=256, num_samples=16),
+                         example_ids=ids, seed=1).diffusion
     diff = integral - elbo.double()  # paired per example: the data spread cancels
     se = diff.std() / diff.numel() ** 0.5
     assert abs(diff.mean()) < 4 * se
@@ -100,9 +100,9 @@ def test_evaluate_profile_matches_evaluate_bpd_and_writes_its_files(tmp_path):
     net, schedule = Net(), S.CosineSchedule(-10.0, 10.0)
     split = [(i, xb[0]) if isinstance(xb, (list, tuple)) else (i, xb) for i, xb in loader]
     scored = {"elbo": W.ELBOWeighting(), "sigmoid": W.SigmoidWeighting(2.0)}
-    profile = evaluate_profile(net, schedule, W.SigmoidWeighting(2.0), PZ.EpsParameterization(), split, 256, num_bins=8,
-                               draws_per_bin=2, elbo_samples=4, seed=5, scored_with=scored)
-    bpd = evaluate_bpd(net, schedule, PZ.EpsParameterization(), split, 256, num_samples=4, seed=5)
+    model = ELBOModel(net, schedule, PZ.EpsParameterization(), num_levels=256, num_samples=4)
+    profile = evaluate_profile(model, W.SigmoidWeighting(2.0), split, num_bins=8, draws_per_bin=2, seed=5, scored_with=scored)
+    bpd = evaluate_bpd(model, split, seed=5)
     summary = profile.summary()
     assert abs(summary["bpd"] - bpd["bpd"]) < 1e-9 and summary["n"] == 40
     assert abs(summary["scored/sigmoid"] - summary["profile_weighted"]) < 1e-9  # the same draws

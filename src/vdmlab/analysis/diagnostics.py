@@ -120,9 +120,8 @@ def diagnose(sweep_dir: str | Path, *, num_bins: int = 16, draws_per_bin: int = 
         built = build_from_checkpoint(str(d / "checkpoints" / "last.ckpt"))
         module = built.module.to(device)
         loader = split_loader(built.datamodule, "test")
-        profile = evaluate_profile(module.ema.net, module.schedule, module.weighting, module.parameterization, loader,
-                                   module.num_levels, num_bins=num_bins, draws_per_bin=draws_per_bin,
-                                   elbo_samples=elbo_samples, timesteps=module.timesteps, seed=seed, scored_with=scored,
+        profile = evaluate_profile(module.elbo_model(elbo_samples, module.timesteps), module.weighting, loader,
+                                   num_bins=num_bins, draws_per_bin=draws_per_bin, seed=seed, scored_with=scored,
                                    max_examples=max_examples, device=device)
         profile.write(out)
         if copying_samples > 0:

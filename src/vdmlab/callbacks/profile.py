@@ -45,9 +45,8 @@ class ELBOProfile(L.Callback):
             return
         dataset = trainer.datamodule.split_dataset("test")
         loader = DataLoader(UniqueIndexDataset(dataset), batch_size=trainer.datamodule.eval_batch_size, shuffle=False)
-        profile = evaluate_profile(pl_module.ema.net, pl_module.schedule, pl_module.weighting, pl_module.parameterization,
-                                   loader, pl_module.num_levels, num_bins=self.num_bins, draws_per_bin=self.draws_per_bin,
-                                   elbo_samples=self.elbo_samples, timesteps=pl_module.timesteps, seed=self.seed,
+        profile = evaluate_profile(pl_module.elbo_model(self.elbo_samples, pl_module.timesteps), pl_module.weighting,
+                                   loader, num_bins=self.num_bins, draws_per_bin=self.draws_per_bin, seed=self.seed,
                                    scored_with=self.scored_with, device=pl_module.device,
                                    max_examples=loader.batch_size if trainer.fast_dev_run else None)  # a smoke test: one batch
         profile.write(self.dirpath)

@@ -64,9 +64,8 @@ def run_diagnostics(module, datamodule, loader, cfg: DictConfig, device: torch.d
         if p.num_examples is not None:
             subset = torch.utils.data.Subset(loader.dataset, range(min(int(p.num_examples), len(loader.dataset))))
             loader = DataLoader(subset, batch_size=loader.batch_size, shuffle=False)
-        profile = evaluate_profile(module.ema.net, module.schedule, module.weighting, module.parameterization, loader,
-                                   module.num_levels, num_bins=int(p.num_bins), draws_per_bin=int(p.draws_per_bin),
-                                   elbo_samples=int(cfg.bpd.num_samples), timesteps=cfg.bpd.timesteps, seed=int(cfg.seed),
+        profile = evaluate_profile(module.elbo_model(int(cfg.bpd.num_samples), cfg.bpd.timesteps), module.weighting, loader,
+                                   num_bins=int(p.num_bins), draws_per_bin=int(p.draws_per_bin), seed=int(cfg.seed),
                                    scored_with=scored, device=device)
         profile.write(out)
         summary = profile.summary()

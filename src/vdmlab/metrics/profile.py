@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vdmlab.data.base import split_batch
-from vdmlab.diffusion.likelihood import negative_elbo
-from vdmlab.diffusion.parameterization import Parameterization
+from vdmlab.diffusion.likelihood import ELBOModel, negative_elbo
 from vdmlab.diffusion.profile import (
     bin_edges,
     bin_integral,
@@ -31,7 +30,6 @@ from vdmlab.diffusion.profile import (
     mean_and_se,
     profile_terms,
 )
-from vdmlab.diffusion.schedules import Schedule
 from vdmlab.diffusion.weighting import Weighting
 
 LN2 = math.log(2.0)
@@ -176,25 +174,23 @@ def write_per_example(path: str | Path, index: Tensor, bpd: Tensor, bpd_profile:
 
 
 def evaluate_profile(
-    net: nn.Module,
-    schedule: Schedule,
+    model: ELBOModel,
     weighting: Weighting,
-    parameterization: Parameterization,
     dataloader: Iterable,
-    num_levels: int,
     *,
     num_bins: int = 16,
     draws_per_bin: int = 2,
-    elbo_samples: int = 8,
-    timesteps: int | None = None,
     seed: int = 0,
     scored_with: Mapping[str, Weighting] | None = None,
     max_examples: int | None = None,
     device: torch.device | str | None = None,
 ) -> Profile:
-    """One pass over ``(index, x[, y])`` batches: the per-example negative ELBO (eq. 3.60, ``elbo_samples`` draws, the
-    noise of ``evaluate_bpd`` with ``seed``), the binned integrands (``num_bins`` bins × ``draws_per_bin`` draws) and
-    the distortion at the edges. ``net`` runs in eval mode under ``torch.no_grad``; its mode is restored."""
+    """One pass over ``(index, x[, y])`` batches: the per-example negative ELBO of ``model`` (eq. (3.60), its
+    ``num_samples`` draws, the noise of ``evaluate_bpd`` with ``seed``), the binned integrands of the ELBO and of
+    ``weighting`` (``num_bins`` bins × ``draws_per_bin`` draws) and the distortion at the edges. ``model.net`` runs in
+    eval mode under ``torch.no_grad``; its mode is restored."""
+    net, schedule, parameterization = model.net, model.schedule, model.parameterization
+    num_levels, elbo_samples = model.num_levels, model.num_samples
     if device is not None:
         net.to(device)
         schedule.to(device)
@@ -223,8 +219,7 @@ def evaluate_profile(
                 x = x.to(device)
                 cond = None if y is None else y.to(device)
                 data_dim = x[0].numel()
-                elbo = negative_elbo(x, net=net, schedule=schedule, parameterization=parameterization, num_levels=num_levels,
-                                     num_samples=elbo_samples, timesteps=timesteps, example_ids=index, seed=seed, cond=cond)
+                elbo = negative_elbo(x, model, example_ids=index, seed=seed, cond=cond)
                 terms = profile_terms(x, net=net, schedule=schedule, weighting=weighting, parameterization=parameterization,
                                       edges=edges, draws=draws_per_bin, example_ids=index, seed=seed, cond=cond,
                                       scored_with=scored_with)
