@@ -165,7 +165,8 @@ def test_edm2_uncertainty_objective_is_minimised_at_u_equals_log_loss():
 
 
 def test_edm2_uncertainty_objective_does_not_depend_on_the_schedule():
-    """E_{λ~p}[objective] = E_{λ~n}[ℓ e^{-u} + u] (EDM2 eq. 21) for any p: at one λ, objective·p is p-free."""
+    """E_{λ~p}[objective] = E_{λ~n}[ℓ e^{-u} + u] (EDM2 eq. 21) for any p: at one λ the u-gradient of objective·p
+    is p-free, and zero where u = log ℓ."""
     weighting = W.EDM2UncertaintyWeighting()
     with torch.no_grad():
         weighting.linear.bias.fill_(0.7)
@@ -176,9 +177,29 @@ def test_edm2_uncertainty_objective_does_not_depend_on_the_schedule():
     for schedule in (COSINE, S.LinearSchedule(-10.0, 10.0), S.EDMSchedule(-10.0, 10.0)):
         p = schedule.density(logsnr)
         loss = n / p * ell  # L = ½ w/p ‖ε - ε̂‖² = (n/p)·ℓ
-        values.append(weighting.objective(loss, logsnr, p) * p)
+        u = weighting.log_variance(logsnr).detach().requires_grad_(True)
+        head = weighting.log_variance
+        weighting.log_variance = lambda _logsnr, u=u: u  # the objective as a function of a free u
+        (grad,) = torch.autograd.grad((weighting.objective(loss, logsnr, p) * p).sum(), u)
+        weighting.log_variance = head
+        values.append(grad)  # p·∂/∂u objective = n(1 - ℓ e^{-u}): the same for every p
+        torch.testing.assert_close(grad, n * (1 - ell * torch.exp(-u.detach())))
     torch.testing.assert_close(values[0], values[1])
     torch.testing.assert_close(values[0], values[2])
+
+
+def test_edm2_uncertainty_objective_value_is_the_loss_under_the_trained_weighting():
+    """The value the schedules and train/loss read is ½ w e^{-u}/p ‖ε - ε̂‖² = L·e^{-u} > 0, never the u term."""
+    weighting = W.EDM2UncertaintyWeighting()
+    with torch.no_grad():
+        weighting.linear.bias.fill_(-3.0)  # u < 0: the u term alone would be negative
+    logsnr = torch.linspace(-8, 8, 17)
+    p = COSINE.density(logsnr)
+    loss = weighting(logsnr, p) / p * 0.5 * (torch.rand(17) + 0.1)
+    value = weighting.objective(loss, logsnr, p)
+    torch.testing.assert_close(value, loss * torch.exp(torch.tensor(3.0)))
+    torch.testing.assert_close(value, 0.5 * weighting.trained_weight(logsnr, p) / p * (loss / (0.5 * weighting(logsnr, p) / p)))
+    assert (value > 0).all()
 
 
 def test_edm2_uncertainty_gradients_reach_u_and_are_finite_in_float32():

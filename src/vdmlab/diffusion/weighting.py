@@ -273,10 +273,15 @@ class EDM2UncertaintyWeighting(EDMWeighting, nn.Module):
         return self.linear(features.to(self.linear.weight.dtype)).squeeze(-1).to(logsnr.dtype)
 
     def objective(self, loss: Tensor, logsnr: Tensor, p_logsnr: Tensor) -> Tensor:
-        """L·e^{−u(λ)} + (n(λ)/p(λ))·u(λ): E_{λ~p} of it is EDM2's E_{λ~n}[ℓ e^{−u} + u], eq. (21)."""
+        """Gradient of L·e^{−u(λ)} + (n(λ)/p(λ))·u(λ), whose E_{λ~p} is EDM2's E_{λ~n}[ℓ e^{−u} + u] (eq. 21).
+
+        Its value is L·e^{−u}, the loss under the trained weighting w·e^{−u}: the (n/p)·u term enters as
+        (n/p)·(u − sg(u)), zero in value, so that ``train/loss`` and the adaptive and learned schedules (which read
+        the per-example loss, eq. 4.130) see a positive weighted loss rather than the u term, which can be negative.
+        """
         u = self.log_variance(logsnr.detach())
         ratio = torch.exp(_log_normal(logsnr.detach(), self.mean, self.std) - torch.log(p_logsnr.detach()))
-        return loss * torch.exp(-u) + ratio * u
+        return loss * torch.exp(-u) + ratio * (u - u.detach())
 
     def trained_weight(self, logsnr: Tensor, p_logsnr: Tensor | None = None) -> Tensor:
         """w(λ)·e^{−u(λ)}: the weighting the network is trained with (eq. 4.123 with eq. 21's rescaling)."""
