@@ -7,6 +7,7 @@ arrives already built by Hydra (``_target_``; ``_partial_`` for the optimizer an
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -49,7 +50,8 @@ def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, 
                            eval_num_samples: Any = _UNSET, seed: Any = _UNSET, nonfinite_patience: Any = _UNSET,
                            compile: Any = _UNSET, channels_last: Any = _UNSET, p_uncond: Any = _UNSET,
                            num_classes: Any = _UNSET, sampler: Any = None, fid: Any = None,
-                           data_shape: Any = None, num_levels: Any = None, **others: Any) -> None:
+                           data_shape: Any = None, num_levels: Any = None, augment: Any = None, net: Any = None,
+                           **others: Any) -> None:
     """Check the DiffusionModule's own arguments (``DiffusionModule.__init__`` and start-up validation call it);
     arguments not given are not checked (this states no defaults: those are the module's, equal to conf/'s).
 
@@ -97,6 +99,13 @@ def check_module_arguments(*, timesteps: Any = _UNSET, ema_decay: Any = _UNSET, 
         if lo is not None and hi is not None and lo > hi:
             raise ParameterError(("sampler.guidance_logsnr_min", "sampler.guidance_logsnr_max"), (lo, hi),
                                  "the guidance interval needs guidance_logsnr_min <= guidance_logsnr_max")
+    if augment is not None:
+        if not callable(augment) or not isinstance(getattr(augment, "label_dim", None), int):
+            raise ParameterError("module.augment", augment, "null or an augmentation config (augment=edm)")
+        if net is not None and getattr(net, "augment_dim", 0) != augment.label_dim:
+            raise ParameterError("model.augment_dim", getattr(net, "augment_dim", None),
+                                 f"the augmentation gives the network {augment.label_dim} labels: set "
+                                 f"model.augment_dim={augment.label_dim} (augment=edm does) on a network that takes them (unet)")
     if fid is not None:
         missing = [key for key in FID_KEYS if key not in fid]
         if missing:
@@ -155,6 +164,9 @@ class DiffusionModule(L.LightningModule):
             the bound on p(x) of the balanced class mixture (1/C)·Σ_y p(x|y) (``bpd_mixture``).
         p_uncond: label dropout of classifier-free guidance: each training label is replaced by ∅ with this
             probability (drawn from the training-noise generator, so a resumed run stays exact).
+        augment: None, or a non-leaky augmentation ``(x, generator) -> (x', labels)`` (:mod:`vdmlab.data.augment`)
+            applied to training batches only, its labels fed to the network (``augment_labels``); evaluation,
+            the ELBO and sampling see unaugmented data and no label.
     """
 
     def __init__(
@@ -181,13 +193,15 @@ class DiffusionModule(L.LightningModule):
         run_config: dict | None = None,
         num_classes: int | None = None,
         p_uncond: float = 0.0,
+        augment: Callable[..., tuple[Tensor, Tensor]] | None = None,
     ):
         check_module_arguments(timesteps=timesteps, ema_decay=ema_decay, ema_warmup=ema_warmup,
                                eval_num_samples=eval_num_samples, seed=seed, nonfinite_patience=nonfinite_patience,
                                compile=compile, channels_last=channels_last, p_uncond=p_uncond,
                                num_classes=num_classes, sampler=sampler, fid=fid, data_shape=data_shape,
-                               num_levels=num_levels)
+                               num_levels=num_levels, augment=augment, net=net)
         super().__init__()
+        self.augment = augment
         self.num_classes, self.p_uncond = (int(num_classes) if num_classes else None), float(p_uncond)
         self.net, self.schedule = net, schedule
         self.weighting, self.parameterization = weighting, parameterization
@@ -356,8 +370,12 @@ class DiffusionModule(L.LightningModule):
         if y is not None and self.p_uncond > 0:  # label dropout: the same net learns p(x) under ∅
             drop = torch.rand(y.shape, generator=self.noise_generator, device=y.device) < self.p_uncond
             y = torch.where(drop, self.null_labels(y), y)
+        net = self._train_net
+        if self.augment is not None:  # non-leaky augmentation: the network is told what it sees (training only)
+            x, augment_labels = self.augment(x, generator=self.noise_generator)
+            net = functools.partial(net, augment_labels=augment_labels)
         t = self._train_times(x.shape[0], batch_idx, x.device)
-        terms = self.loss_terms(x, self.noise_generator, self._train_net, cond=y, t=t)
+        terms = self.loss_terms(x, self.noise_generator, net, cond=y, t=t)
         if self._accumulation() == 1:
             self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
         else:  # applied once per optimizer step, in on_before_optimizer_step

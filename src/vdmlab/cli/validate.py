@@ -23,7 +23,7 @@ from vdmlab.diffusion.sampling import checked_sampler
 from vdmlab.module import GUIDANCE_KEYS, check_module_arguments
 
 #: the DiffusionModule arguments that are built objects or partials, checked when they are built
-MODULE_OBJECTS = ("_target_", "optimizer", "lr_scheduler", "time_sampler")
+MODULE_OBJECTS = ("_target_", "optimizer", "lr_scheduler", "time_sampler", "augment")
 
 
 class ConfigError(ValueError):
@@ -90,6 +90,8 @@ def validate_config(cfg: DictConfig) -> None:
         "clip_x": cfg.sampler.get("clip_x"), "schedule": schedule, **{key: cfg.sampler.get(key) for key in GUIDANCE_KEYS}}))
     module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
     attempt("module.", lambda: check_module_arguments(**module))
+    if cfg.module.get("augment"):
+        attempt("module.augment.", lambda: check_module_arguments(augment=instantiate(cfg.module.augment)))
     attempt("", lambda: check_module_arguments(  # fid.* keys are named in full
         fid=_container(cfg.get("fid")), data_shape=getattr(datamodule, "data_shape", None),
         num_levels=getattr(datamodule, "num_levels", None)))
