@@ -90,8 +90,10 @@ def validate_config(cfg: DictConfig) -> None:
         "clip_x": cfg.sampler.get("clip_x"), "schedule": schedule, **{key: cfg.sampler.get(key) for key in GUIDANCE_KEYS}}))
     module = {k: _container(v) for k, v in cfg.module.items() if k not in MODULE_OBJECTS}
     attempt("module.", lambda: check_module_arguments(**module))
-    if cfg.module.get("augment"):
-        attempt("module.augment.", lambda: check_module_arguments(augment=instantiate(cfg.module.augment)))
+    augment = cfg.module.get("augment")
+    if augment is not None:
+        attempt("module.augment.", lambda: check_module_arguments(
+            augment=instantiate(augment) if isinstance(augment, DictConfig) else augment))
     attempt("", lambda: check_module_arguments(  # fid.* keys are named in full
         fid=_container(cfg.get("fid")), data_shape=getattr(datamodule, "data_shape", None),
         num_levels=getattr(datamodule, "num_levels", None)))
