@@ -184,11 +184,11 @@ def augmentation_kernel(weighting: Weighting, schedule: Schedule, t: Tensor) -> 
 class P2Weighting(Weighting):
     """Choi et al. 2022's perception-prioritised weighting: the ε-MSE of the training schedule times 1/(k + SNR)^γ.
 
-    P2 multiplies each step of L_simple (eq. 4.91) by (k + SNR(t))^{-γ} (Choi et al. 2022, eq. 8). L_simple is the
-    weighted loss with w(λ) = p(λ) (eq. 4.95), and SNR = e^λ, so in this convention w(λ) = p(λ)·(k + e^λ)^{-γ};
+    P2 replaces L_simple's per-step weight λ_t (eq. 4.91) by λ'_t = λ_t/(k + SNR(t))^γ (Choi et al. 2022). L_simple is
+    the weighted loss with w(λ) = p(λ) (eq. 4.95), and SNR = e^λ, so in this convention w(λ) = p(λ)·(k + e^λ)^{-γ};
     γ = 0 is ``simple``. Like ``simple`` it reads the training schedule's p(λ), and its monotonicity is that of
     p(λ)(k + e^λ)^{-γ}: true under ``linear`` (uniform p), false under ``cosine`` (p ∝ sech(λ/2) grows like e^{λ/2}
-    for λ ≪ 0, where the factor is ≈ k^{-γ}) and the other non-uniform schedules here; it is reported non-monotonic.
+    for λ ≪ 0, where the factor is ≈ k^{-γ}) and any schedule whose p(λ) rises at low λ; it is reported non-monotonic.
     """
 
     reads_density = True
@@ -201,7 +201,7 @@ class P2Weighting(Weighting):
         self.gamma = check_float("gamma", gamma, minimum=0.0)
 
     def weight(self, logsnr: Tensor, p_logsnr: Tensor | None) -> Tensor:
-        """w(λ) = p(λ)·(k + e^λ)^{-γ}: Choi et al.'s eq. (8) in the form of eq. (4.95), in log space."""
+        """w(λ) = p(λ)·(k + e^λ)^{-γ}: Choi et al.'s P2 weight in the form of eq. (4.95), in log space."""
         if p_logsnr is None:
             raise ValueError("weighting=p2 needs the schedule density p(λ); pass p_logsnr")
         log_k = torch.full_like(logsnr, math.log(self.k))
