@@ -38,7 +38,8 @@ def option_config(base: DictConfig, group: str, option: str, tmp_path: Path) -> 
         partner = {("dataset", "toy2d"): ("model", "mlp"), ("model", "mlp"): ("dataset", "toy2d"),
                    # weightings defined through p(λ) need a fixed schedule (check_weighting_schedule)
                    ("weighting", "simple"): ("schedule", "cosine"),
-                   ("weighting", "min_snr"): ("schedule", "cosine")}.get((group, option))
+                   ("weighting", "min_snr"): ("schedule", "cosine"),
+                   ("weighting", "p2"): ("schedule", "cosine")}.get((group, option))
         if partner:  # flat data need the MLP and the MLP needs flat data
             cfg[partner[0]] = OmegaConf.load(REPO / "conf" / partner[0] / f"{partner[1]}.yaml")
         if (group, option) == ("dataset", "image_folder"):

@@ -20,6 +20,8 @@ SCHEDULES = [
     S.FlowSchedule(-15.0, 15.0),
     S.DDPMSchedule(-10.05, 13.28),
     S.DDPMSchedule(-20.0, 20.0),
+    S.LogitNormalSchedule(-5.0, 10.0),
+    S.LogitNormalSchedule(-15.0, 15.0, loc=0.5, scale=0.7),
 ]
 IDS = [f"{type(s).__name__}[{s.logsnr_min},{s.logsnr_max}]" for s in SCHEDULES]
 
@@ -119,7 +121,8 @@ def test_ddpm_schedule_matches_the_discrete_linear_betas():
 WIDE = [S.LinearSchedule(-30.0, 30.0), S.CosineSchedule(-30.0, 30.0),
         S.ShiftedCosineSchedule(-30.0, 30.0, shift=1.3), S.SimpleDiffusionSchedule(-30.0, 30.0, resolution=8, base=64),
         S.SimpleDiffusionSchedule(-30.0, 30.0, resolution=512, base=64), S.EDMSchedule(-30.0, 30.0),
-        S.FlowSchedule(-30.0, 30.0), S.DDPMSchedule(-30.0, 30.0)]
+        S.FlowSchedule(-30.0, 30.0), S.DDPMSchedule(-30.0, 30.0), S.LogitNormalSchedule(-30.0, 30.0),
+        S.LogitNormalSchedule(-30.0, 30.0, loc=1.0, scale=0.5)]
 WIDE_IDS = [f"{type(s).__name__}[shift={getattr(s, 'shift', 0):.2f}]" for s in WIDE]
 
 
@@ -161,3 +164,17 @@ def test_cosine_keeps_logsnr_min_in_float32_near_t1():
     for schedule in (S.CosineSchedule(-30.0, 30.0), S.SimpleDiffusionSchedule(-30.0, 30.0, resolution=8, base=64)):
         t = torch.linspace(0.99, 1.0, 1001)  # float32 times; the reference evaluates the same times in float64
         torch.testing.assert_close(schedule.logsnr(t).double(), schedule.logsnr(t.double()), atol=1e-4, rtol=1e-5)
+
+
+def test_logit_normal_schedule_draws_sd3_logit_normal_rectified_flow_times():
+    """With t ~ U(0, 1), t_rf = sigmoid(-λ(t)/2) has logit(t_rf) ~ N(m, s²) truncated to the endpoints (SD3 §3.1):
+    the density of λ is the push-forward N(-λ/2; m, s²)/2 renormalised over [λ_min, λ_max]."""
+    loc, scale = 0.4, 0.8
+    schedule = S.LogitNormalSchedule(-12.0, 14.0, loc=loc, scale=scale)
+    logsnr = torch.linspace(-12.0, 14.0, 2001, dtype=torch.float64)
+    logit_t_rf = torch.logit(torch.sigmoid(-0.5 * logsnr))
+    pushforward = 0.5 * torch.exp(-0.5 * ((logit_t_rf - loc) / scale) ** 2) / (scale * math.sqrt(2 * math.pi))
+    mass = torch.special.ndtr(torch.tensor((6.0 - loc) / scale)) - torch.special.ndtr(torch.tensor((-7.0 - loc) / scale))
+    torch.testing.assert_close(schedule.density(logsnr), pushforward / mass.double())
+    with pytest.raises(ValueError, match="scale"):
+        S.LogitNormalSchedule(-5.0, 5.0, scale=0.0)

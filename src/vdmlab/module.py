@@ -7,6 +7,7 @@ evaluation in ``vdmlab.metrics.bpd``, the FID loop in ``vdmlab.fid_evaluation``,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from vdmlab.checks import check_bool, check_float, check_int
+from vdmlab.data.augment import check_augment
 from vdmlab.data.base import split_batch
 from vdmlab.diffusion import likelihood
 from vdmlab.diffusion.likelihood import ELBOModel
@@ -61,6 +63,9 @@ class DiffusionModule(L.LightningModule):
             the bound on p(x) of the balanced class mixture (1/C)·Σ_y p(x|y) (``bpd_mixture``).
         p_uncond: label dropout of classifier-free guidance: each training label is replaced by ∅ with this
             probability (drawn from the training-noise generator, so a resumed run stays exact).
+        augment: None, or a non-leaky augmentation ``(x, generator) -> (x', labels)`` (:mod:`vdmlab.data.augment`)
+            applied to training batches only, its labels fed to the network (``augment_labels``); evaluation,
+            the ELBO and sampling see unaugmented data and no label.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class DiffusionModule(L.LightningModule):
         run_config: dict | None = None,
         num_classes: int | None = None,
         p_uncond: float = 0.0,
+        augment: Callable[..., tuple[Tensor, Tensor]] | None = None,
     ):
         super().__init__()
         self.timesteps = check_int("timesteps", timesteps, 1, optional=True,
@@ -97,6 +103,7 @@ class DiffusionModule(L.LightningModule):
         self.p_uncond = check_float("p_uncond", p_uncond, minimum=0.0, maximum=1.0, open_max=True)
         self.num_classes = check_int("num_classes", num_classes, 1, optional=True,
                                      reason="null (unconditional) or a number of classes >= 1")
+        self.augment = check_augment(augment, net)
         self.net, self.schedule = net, schedule
         self.weighting, self.parameterization = weighting, parameterization
         self.num_levels, self.data_shape = int(num_levels), tuple(int(d) for d in data_shape)
@@ -183,8 +190,11 @@ class DiffusionModule(L.LightningModule):
         if y is not None and self.p_uncond > 0:  # label dropout: the same net learns p(x) under ∅
             drop = torch.rand(y.shape, generator=self.noise_generator, device=y.device) < self.p_uncond
             y = torch.where(drop, self.labels.null(y), y)
-        terms = self.loss_terms(x, self.noise_generator, self._train_net, cond=y,
-                                t=self._train_times(x.shape[0], batch_idx, x.device))
+        net = self._train_net
+        if self.augment is not None:  # non-leaky augmentation: the network is told what it sees (training only)
+            x, augment_labels = self.augment(x, generator=self.noise_generator)
+            net = functools.partial(net, augment_labels=augment_labels)
+        terms = self.loss_terms(x, self.noise_generator, net, cond=y, t=self._train_times(x.shape[0], batch_idx, x.device))
         if self._accumulation() == 1:
             self.schedule.update(terms.logsnr.detach(), terms.loss.detach())
         else:  # applied once per optimizer step, in on_before_optimizer_step

@@ -1,4 +1,5 @@
-"""Plots of the noise schedule and weighting: λ(t), p(λ), w(λ) and p_w(t) (§4.5-4.7)."""
+"""Plots of the noise schedule and weighting: λ(t), p(λ), w(λ) and p_w(t) (§4.5-4.7); a learned weighting
+(``edm2_uncertainty``) is drawn as trained, w(λ)·e^{-u(λ)}, beside its base w(λ)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def schedule_figure(schedule: Schedule, weighting: Weighting, title: str = "") -
     logsnr = schedule.logsnr(t).float().cpu()
     grid = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, 501, device=device)
     density = schedule.density(grid)
-    w = weighting(grid, density).float().cpu()
+    w = weighting.trained_weight(grid, density).float().cpu()
+    base = weighting(grid, density).float().cpu()
+    learned = _learns(weighting)
     p_w = kernel_density(schedule, weighting, t)
     t, grid, density = t.cpu(), grid.cpu(), density.float().cpu()
     panels = 4 if isinstance(p_w, torch.Tensor) else 3
@@ -57,6 +60,9 @@ def schedule_figure(schedule: Schedule, weighting: Weighting, title: str = "") -
     plot_curve(axes[2], grid, w / w.max().clamp_min(1e-30))
     kind = "monotonic" if weighting.monotonic else "non-monotonic"
     axes[2].set(xlabel="λ", ylabel="w(λ)/max w", title=f"weighting {weighting.name} ({kind})")
+    if learned:  # the trained w·e^{-u} (solid) against the base w it started from (dashed)
+        axes[2].plot(grid, base / base.max().clamp_min(1e-30), linestyle="--")
+        axes[2].legend(["w·e^{-u} (learned)", "w (base)"], fontsize=7)
     if isinstance(p_w, torch.Tensor):
         plot_curve(axes[3], t, p_w)
         axes[3].set(xlabel="t", ylabel="p_w(t)", title="augmentation kernel p_w(t)")
@@ -76,9 +82,29 @@ def plot_schedule_and_weighting(schedule: Schedule, weighting: Weighting, path: 
     return path
 
 
+def _learns(module) -> bool:
+    """Whether a schedule or weighting has parameters or state that change while training."""
+    return isinstance(module, torch.nn.Module) and (any(True for _ in module.parameters())
+                                                    or any(True for _ in module.buffers()))
+
+
+#: λ values at which a learned weighting's log w(λ)·e^{-u(λ)} is logged (``weighting/log_w@<λ>``)
+LOGGED_LOGSNR = (-10.0, -5.0, 0.0, 5.0, 10.0)
+
+
+@torch.no_grad()
+def learned_weighting_values(schedule: Schedule, weighting: Weighting) -> dict[str, float]:
+    """log of the trained w(λ) = w·e^{-u} at the λ of ``LOGGED_LOGSNR`` inside the schedule's range."""
+    device = next(iter(weighting.parameters())).device
+    grid = torch.tensor([v for v in LOGGED_LOGSNR if schedule.logsnr_min <= v <= schedule.logsnr_max], device=device)
+    log_w = torch.log(weighting.trained_weight(grid, schedule.density(grid)))
+    return {f"weighting/log_w@{float(lam):g}": float(v) for lam, v in zip(grid, log_w, strict=True)}
+
+
 class SchedulePlot(L.Callback):
-    """Plot the schedule and weighting at the start of training and, for schedules with parameters or state,
-    after every ``every_n_epochs`` validations, so a learned or adaptive schedule can be watched as it trains."""
+    """Plot the schedule and weighting at the start of training and, for schedules or weightings with parameters or
+    state, after every ``every_n_epochs`` validations, so a learned or adaptive schedule, or a learned weighting, can
+    be watched as it trains; a learned weighting's log w(λ)·e^{-u(λ)} at a few λ is also logged every validation."""
 
     def __init__(self, every_n_epochs: int = 10, dirname: str = "plots"):
         self.every_n_epochs, self.dirname = every_n_epochs, dirname
@@ -96,9 +122,11 @@ class SchedulePlot(L.Callback):
 
     @staticmethod
     def _adapts(pl_module: L.LightningModule) -> bool:
-        return any(True for _ in pl_module.schedule.parameters()) or any(True for _ in pl_module.schedule.buffers())
+        return _learns(pl_module.schedule) or _learns(pl_module.weighting)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and _learns(pl_module.weighting):
+            pl_module.log_dict(learned_weighting_values(pl_module.schedule, pl_module.weighting))
         if trainer.sanity_checking or not self._adapts(pl_module) or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         self._plot(trainer, pl_module, f"epoch_{trainer.current_epoch + 1:04d}")

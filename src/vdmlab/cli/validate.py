@@ -23,9 +23,10 @@ from torch import nn
 
 from vdmlab.checks import ParameterError, check_bool, check_float, check_int
 from vdmlab.cli.build import build_fid, build_sampler
+from vdmlab.data.augment import check_augment
 
-#: the DiffusionModule's partials, each checked when built on its own below
-MODULE_PARTIALS = ("optimizer", "lr_scheduler", "time_sampler")
+#: the DiffusionModule's partials and objects, each checked when built on its own below
+MODULE_PARTIALS = ("optimizer", "lr_scheduler", "time_sampler", "augment")
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -99,6 +100,8 @@ def validate_config(cfg: DictConfig) -> None:
     errors.extend(_missing(f"module.{key}") for key in sorted(OmegaConf.missing_keys(own)))  # a partial skips them
     attempt("module.", lambda: instantiate(own, _partial_=True)(  # its own arguments, around stand-in objects
         net=nn.Identity(), schedule=None, weighting=None, parameterization=None, num_levels=2, data_shape=(1,)))
+    if isinstance(cfg.module.get("augment"), DictConfig):  # the augmentation alone (its network's labels: at build time)
+        attempt("module.augment.", lambda: check_augment(instantiate(cfg.module.augment)))
     optimizer = attempt("module.optimizer.", lambda: _optimizer(cfg.module.optimizer))
     if cfg.module.get("lr_scheduler"):  # (on a stand-in optimizer when the configured one is invalid)
         optimizer = optimizer or torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)

@@ -36,7 +36,7 @@ def low_discrepancy_times(batch_size: int, *, generator: torch.Generator | None 
 class LossTerms:
     """Per-example terms of one Monte-Carlo draw, each ``[B]``."""
 
-    loss: Tensor  # ½ w(λ)/p(λ) ‖ε − ε̂‖², the weighted loss being trained, nats
+    loss: Tensor  # the loss being trained: ½ w(λ)/p(λ) ‖ε − ε̂‖² through the weighting's objective (itself if fixed)
     elbo: Tensor  # ½ ‖ε − ε̂‖²/p(λ), the unweighted diffusion term of the ELBO, nats
     mse: Tensor  # ‖ε − ε̂‖²
     logsnr: Tensor  # λ at which each example was noised
@@ -67,11 +67,15 @@ def diffusion_loss(
     timesteps: int | None = None,
     cond=None,
 ) -> LossTerms:
-    """Weighted diffusion loss ½ w(λ)/p(λ) ‖ε − ε̂‖² per example, eqs. (4.123, 3.134, A.38); ``cond`` goes to the net."""
+    """Weighted diffusion loss ½ w(λ)/p(λ) ‖ε − ε̂‖² per example, eqs. (4.123, 3.134, A.38); ``cond`` goes to the net.
+
+    The trained ``loss`` is the weighting's ``objective`` of it: the weighted loss itself for a fixed w(λ), and for a
+    learned weighting (``edm2_uncertainty``) the loss that also trains its parameters."""
     logsnr, inv_density = logsnr_and_inverse_density(schedule, t, timesteps)
     z_t = diffuse(x, logsnr, eps)
     eps_hat = parameterization.predict(net, z_t, logsnr, cond=cond).eps_hat.to(eps.dtype)  # float32 under bf16 autocast
     mse = (eps - eps_hat).pow(2).flatten(1).sum(1)  # [B]
     elbo = 0.5 * inv_density * mse  # [B]
-    w = weighting(logsnr, (1.0 / inv_density).detach())  # [B]; p detached: a learned schedule never moves the target w
-    return LossTerms(loss=w * elbo, elbo=elbo, mse=mse, logsnr=logsnr)
+    p_logsnr = (1.0 / inv_density).detach()  # p detached: a learned schedule never moves the target w
+    w = weighting(logsnr, p_logsnr)  # [B]
+    return LossTerms(loss=weighting.objective(w * elbo, logsnr, p_logsnr), elbo=elbo, mse=mse, logsnr=logsnr)

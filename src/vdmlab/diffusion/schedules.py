@@ -282,6 +282,22 @@ class EDMSchedule(TruncatedSchedule):
     _dg_c = _dg  # Φ⁻¹(1 - ρ)² = Φ⁻¹(ρ)²
 
 
+class LogitNormalSchedule(EDMSchedule):
+    """SD3's logit-normal time density on the rectified-flow path (Esser et al. 2024, §3.1).
+
+    SD3 draws t_rf = sigmoid(m + s·n), n ~ N(0, 1), on the path α = 1 − t_rf, σ = t_rf, where λ = −2·logit(t_rf)
+    (``flow``). Then λ = −2m − 2s·n ~ N(−2m, (2s)²): the truncated-normal schedule λ(t) = −2m − 2s·Φ⁻¹(τ) of ``edm``
+    with mean −2m and std 2s, so λ(t), dλ/dt and t(λ) are analytic and p(λ) = N(λ; −2m, 4s²)/(τ₁ − τ₀) (eq. 4.102).
+    """
+
+    def __init__(self, logsnr_min: float, logsnr_max: float, loc: float = 0.0, scale: float = 1.0):
+        self.loc, self.scale = check_float("loc", loc), check_positive("scale", scale)
+        super().__init__(logsnr_min, logsnr_max, mean=-2.0 * self.loc, std=2.0 * self.scale)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, loc={self.loc}, scale={self.scale}"
+
+
 class FlowSchedule(TruncatedSchedule):
     """Rectified flow α = 1 - τ, σ = τ mapped to VP: λ = 2·log((1 - τ)/τ) = -2·logit(τ)."""
 

@@ -1,7 +1,8 @@
 """λ-conditioned convolutional denoiser: a plain ResNet (one level) or a UNet (several levels).
 
-``forward(z, logsnr, cond=None)`` maps ``z`` ``[B, C, H, W]``, λ ``[B]`` and, for class-conditional nets
-(``num_classes`` set), labels ``[B]`` to a tensor shaped like ``z``; what the
+``forward(z, logsnr, cond=None, augment_labels=None)`` maps ``z`` ``[B, C, H, W]``, λ ``[B]`` and, for
+class-conditional nets (``num_classes`` set), labels ``[B]`` (and, with ``augment_dim`` set, the augmentation labels
+``[B, augment_dim]`` of :mod:`vdmlab.data.augment`, absent = not augmented) to a tensor shaped like ``z``; what the
 output means (x̂, ε̂, v̂, an energy, ...) is decided by the parameterization, not here.
 
 Design (close to VDM's ScoreUNet and DDPM's UNet):
@@ -152,6 +153,8 @@ class UNet(nn.Module):
         data_shape: the datamodule's ``(C, H, W)``; when given it sets ``in_channels`` and ``image_size``.
         num_classes: None (unconditional) or the number of classes C: a class embedding of C + 1 entries (the
             last one the null class ∅ of classifier-free guidance) is added to the λ embedding.
+        augment_dim: 0 (no augmentation conditioning) or the size of the augmentation label vector, mapped by a
+            bias-free linear layer onto the λ embedding (EDM's ``map_augment``): no label, or a zero one, adds nothing.
     """
 
     def __init__(
@@ -173,6 +176,7 @@ class UNet(nn.Module):
         max_logsnr: float = 30.0,
         data_shape: Sequence[int] | None = None,
         num_classes: int | None = None,
+        augment_dim: int = 0,
     ):
         super().__init__()
         if data_shape is not None:
@@ -215,6 +219,8 @@ class UNet(nn.Module):
         self.num_classes = check_int("num_classes", num_classes, 1, optional=True,
                                      reason="null (unconditional; filled from the dataset) or an integer >= 1")
         self.class_embed = ClassEmbedding(self.num_classes, emb_dim) if self.num_classes else None
+        self.augment_dim = check_int("augment_dim", augment_dim, 0)
+        self.augment_embed = nn.Linear(self.augment_dim, emb_dim, bias=False) if self.augment_dim else None
 
         def res(i: int, o: int) -> ResBlock:
             return ResBlock(i, o, emb_dim, groups=groups, dropout=dropout)
@@ -256,7 +262,7 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
 
-    def forward(self, z: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, logsnr: Tensor, cond: Tensor | None = None, augment_labels: Tensor | None = None) -> Tensor:
         if z.ndim != 4 or z.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects z of shape [B, {self.in_channels}, H, W], got {tuple(z.shape)}")
         factor = 2 ** (self.levels - 1)
@@ -265,6 +271,12 @@ class UNet(nn.Module):
                 f"spatial size {tuple(z.shape[-2:])} is not divisible by {factor} ({self.levels} levels)"
             )
         emb = add_class_embedding(self.embed(broadcast_logsnr(logsnr, z.shape[0])), self.class_embed, cond)
+        if augment_labels is not None:
+            if self.augment_embed is None or augment_labels.shape != (z.shape[0], self.augment_dim):
+                raise ValueError(f"augmentation labels of shape {tuple(augment_labels.shape)} reached a UNet with "
+                                 f"augment_dim={self.augment_dim}; set model.augment_dim to the augmentation's label size "
+                                 f"(augment=edm sets both)")
+            emb = emb + self.augment_embed(augment_labels.to(emb.dtype))
         x = z
         if self.fourier_min_exp is not None:
             x = torch.cat([z, fourier_features(z, self.fourier_min_exp, self.fourier_max_exp)], dim=1)
