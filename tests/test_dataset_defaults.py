@@ -32,7 +32,7 @@ def grid_data(num_levels: int, n: int = 4000, dim: int = 16, seed: int = 0) -> t
 
 
 def decoder_bits(x: torch.Tensor, logsnr_0: float, num_levels: int, seed: int = 1) -> float:
-    """The reconstruction term in bits/dim of an ideal denoiser: z_0 ~ q(z_0|x), -log p(x|z_0) (eq. 3.54)."""
+    """The reconstruction term in bits/dim of an ideal denoiser: z_0 ~ q(z_0|x), -log p(x|z_0) (eq. (3.54))."""
     lam = torch.tensor(logsnr_0, dtype=torch.float64)
     alpha, sigma = alpha_sigma(lam)
     z_0 = alpha * x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)

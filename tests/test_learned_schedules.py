@@ -1,4 +1,4 @@
-"""Learned (VDM, App. A.2) and adaptive (VDM++, eq. 4.130) schedules: exact endpoints, inverse and density
+"""Learned (VDM, App. A.2) and adaptive (VDM++, eq. (4.130)) schedules: exact endpoints, inverse and density
 identities, the variance gradient against finite differences of the empirical second moment, adaptive sampling
 against its CDF, DDP all-reduce, checkpoint round trips, the variance command and train.py end to end."""
 
@@ -205,7 +205,7 @@ def test_adaptive_samples_follow_its_density():
 
 
 def test_adaptive_density_is_the_ema_statistic_mixed_with_uniform():
-    """With a statistic constant in each bin, p(λ)Δ = 0.95·f_k/Σf + 0.05/K exactly once every bin is seen (eq. 4.130)."""
+    """With a statistic constant in each bin, p(λ)Δ = 0.95·f_k/Σf + 0.05/K exactly once every bin is seen (eq. (4.130))."""
     schedule = LS.AdaptiveSchedule(-5.0, 10.0, num_bins=15, ema_decay=0.5, uniform_mix=0.05)
     centres = torch.linspace(-4.5, 9.5, 15, dtype=torch.float64)
     f = 1.0 + torch.exp(-0.5 * (centres - 3.0) ** 2)  # any positive statistic

@@ -1,4 +1,4 @@
-"""The one loss (eq. 4.123) and the full ELBO (eq. 3.60), checked against exact answers on Gaussian data."""
+"""The one loss (eq. (4.123)) and the full ELBO (eq. (3.60)), checked against exact answers on Gaussian data."""
 
 import math
 
@@ -79,10 +79,10 @@ def test_discrete_vlb_improves_as_T_doubles_eq_3_111():
         i = torch.arange(1, T + 1, dtype=torch.float64)
         logsnr_t, logsnr_s = schedule.logsnr(i / T), schedule.logsnr((i - 1) / T)
         h = oracle.expected_mse(x[:, None, :], logsnr_t[None, :])  # [B, T], exact over ε
-        L_T = 0.5 * (P.snr_difference_weight(logsnr_s, logsnr_t) * h).sum(1)  # eq. A.38 summed over i
+        L_T = 0.5 * (P.snr_difference_weight(logsnr_s, logsnr_t) * h).sum(1)  # eq. (A.38) summed over i
         assert (L_T >= continuous - 1e-6).all()  # the continuous-time bound is the tightest
         if previous is not None:
-            assert (L_T < previous).all()  # eq. 3.111
+            assert (L_T < previous).all()  # eq. (3.111)
         previous = L_T
     assert ((previous - continuous) / continuous).abs().max() < 0.01
 

@@ -5,8 +5,8 @@ form: s from v̂ is -(σz + αv̂)/σ (printed with +αv̂), s from û is -(αû
 (ε̂ - z)/α (printed with a factor α - σ) and û from s has the same α - σ slip. The v ↔ û entries mix VP
 (α² + σ² = 1) and rectified-flow (α + σ = 1) coordinates and do not hold as printed (û = z + v̂, v̂ = û - z); in
 VP coordinates, through z_rf = z/(α + σ) of eq. (A.45), û = (α + σ)v̂ + (σ - α)z.
-In Table 4.3, ‖ε - ε̂‖² = α²‖v - v̂‖² (printed 1/α², eq. 4.65: its derivation keeps x where x̂ belongs); the
-other entries, and eqs. (4.59, 4.74) which imply the α² factor, hold as printed.
+In Table 4.3, ‖ε - ε̂‖² = α²‖v - v̂‖² (printed 1/α², eq. (4.65): its derivation keeps x where x̂ belongs); the
+other entries, and eqs. (4.59), (4.74) which imply the α² factor, hold as printed.
 """
 
 import pytest
@@ -38,8 +38,8 @@ def close(a, b):
 
 def test_table_4_2_vp_entries(draw):
     x, eps, logsnr, z, alpha, sigma = draw
-    s = -eps / sigma  # eq. 4.19
-    v = alpha * eps - sigma * x  # eq. 4.29
+    s = -eps / sigma  # eq. (4.19)
+    v = alpha * eps - sigma * x  # eq. (4.29)
     # x̂ row
     close(x, (z - sigma * eps) / alpha)
     close(x, (z + sigma**2 * s) / alpha)
@@ -62,10 +62,10 @@ def test_table_4_2_flow_entries_in_rectified_flow_coordinates(draw):
     x, eps, logsnr, z, alpha, sigma = draw
     # rectified-flow coordinates (α_rf + σ_rf = 1), eq. (A.45): z_rf = z/(α + σ)
     a_rf, s_rf_, z_rf = alpha / (alpha + sigma), sigma / (alpha + sigma), z / (alpha + sigma)
-    u = eps - x  # eq. 4.41
-    close(z_rf, a_rf * x + s_rf_ * eps)  # eq. 4.40
+    u = eps - x  # eq. (4.41)
+    close(z_rf, a_rf * x + s_rf_ * eps)  # eq. (4.40)
     close(x, z_rf - s_rf_ * u)
-    close(eps, a_rf * u + z_rf)  # eq. 4.46
+    close(eps, a_rf * u + z_rf)  # eq. (4.46)
     close(-eps / s_rf_, -(a_rf * u + z_rf) / s_rf_)  # erratum: printed (-αû + z)/σ
     close(u, (z_rf - x) / s_rf_)
     close(u, (eps - z_rf) / a_rf)  # erratum: printed with ε̂(α - σ)
@@ -101,15 +101,15 @@ def test_table_4_1_posterior_means_agree_for_every_parameterization(draw):
     score, grad_e = -eps_hat / sigma_t, eps_hat / sigma_t
     v_hat = (eps_hat - sigma_t * z) / alpha_t
     table_4_1 = {
-        "x": a_ts * sigma_s**2 / sigma_t**2 * z + alpha_s * s2_ts / sigma_t**2 * x_hat,  # eq. 4.1
-        "eps": z / a_ts - s2_ts / (a_ts * sigma_t) * eps_hat,  # eq. 4.2
-        "score": z / a_ts + s2_ts / a_ts * score,  # eq. 4.11
-        "energy": z / a_ts - s2_ts / a_ts * grad_e,  # eq. 4.20
-        "v": (1 - s2_ts) / a_ts * z - s2_ts * alpha_s / sigma_t * v_hat,  # eq. 4.25
+        "x": a_ts * sigma_s**2 / sigma_t**2 * z + alpha_s * s2_ts / sigma_t**2 * x_hat,  # eq. (4.1)
+        "eps": z / a_ts - s2_ts / (a_ts * sigma_t) * eps_hat,  # eq. (4.2)
+        "score": z / a_ts + s2_ts / a_ts * score,  # eq. (4.11)
+        "energy": z / a_ts - s2_ts / a_ts * grad_e,  # eq. (4.20)
+        "v": (1 - s2_ts) / a_ts * z - s2_ts * alpha_s / sigma_t * v_hat,  # eq. (4.25)
     }
     for name, expected in table_4_1.items():
         torch.testing.assert_close(mu[name], expected, rtol=1e-6, atol=1e-6, msg=name)
-    # eq. 4.38 holds in rectified-flow coordinates; the VP mean is its rescaling by (α_s + σ_s) (eq. A.45)
+    # eq. (4.38) holds in rectified-flow coordinates; the VP mean is its rescaling by (α_s + σ_s) (eq. (A.45))
     a_rf_t, s_rf_t = alpha_t / (alpha_t + sigma_t), sigma_t / (alpha_t + sigma_t)
     a_rf_s, s_rf_s = alpha_s / (alpha_s + sigma_s), sigma_s / (alpha_s + sigma_s)
     a_ts_rf = a_rf_t / a_rf_s
@@ -131,12 +131,12 @@ def test_table_4_3_loss_translations(draw):
     v, v_hat = alpha[:, None] * eps - sigma[:, None] * x, alpha[:, None] * eps_hat - sigma[:, None] * x_hat
     lx, le, lv = ((a - b).pow(2).sum(1) for a, b in ((x, x_hat), (eps, eps_hat), (v, v_hat)))
     a2, s2 = alpha**2, sigma**2
-    torch.testing.assert_close(lx, s2 / a2 * le, rtol=1e-6, atol=1e-9)  # eq. 4.52
-    torch.testing.assert_close(lx, s2 * lv, rtol=1e-6, atol=1e-9)  # eq. 4.59
-    torch.testing.assert_close(le, a2 / s2 * lx, rtol=1e-6, atol=1e-9)  # eq. 4.62
-    torch.testing.assert_close(le, a2 * lv, rtol=1e-6, atol=1e-9)  # eq. 4.65, erratum: printed 1/α²
-    torch.testing.assert_close(lv, s2 * (a2 / s2 + 1) ** 2 * lx, rtol=1e-6, atol=1e-9)  # eq. 4.70
-    torch.testing.assert_close(lv, a2 * (s2 / a2 + 1) ** 2 * le, rtol=1e-6, atol=1e-9)  # eq. 4.74
+    torch.testing.assert_close(lx, s2 / a2 * le, rtol=1e-6, atol=1e-9)  # eq. (4.52)
+    torch.testing.assert_close(lx, s2 * lv, rtol=1e-6, atol=1e-9)  # eq. (4.59)
+    torch.testing.assert_close(le, a2 / s2 * lx, rtol=1e-6, atol=1e-9)  # eq. (4.62)
+    torch.testing.assert_close(le, a2 * lv, rtol=1e-6, atol=1e-9)  # eq. (4.65), erratum: printed 1/α²
+    torch.testing.assert_close(lv, s2 * (a2 / s2 + 1) ** 2 * lx, rtol=1e-6, atol=1e-9)  # eq. (4.70)
+    torch.testing.assert_close(lv, a2 * (s2 / a2 + 1) ** 2 * le, rtol=1e-6, atol=1e-9)  # eq. (4.74)
 
 
 class Affine(nn.Module):

@@ -177,7 +177,7 @@ def test_a_reconstructed_sigma_rel_matches_its_closed_form_average(known_run, si
 
 
 def test_the_warm_up_ema_is_close_to_the_power_function_ema_of_gamma_8(known_run):
-    """decay (1+n)/(10+n) = 1 − 9/(n+10) and β = (1 − 1/t)^(γ+1) ≈ 1 − (γ+1)/t: γ = 8, σ_rel = 0.0905 (eq. 123)."""
+    """decay (1+n)/(10+n) = 1 − 9/(n+10) and β = (1 − 1/t)^(γ+1) ≈ 1 − (γ+1)/t: γ = 8, σ_rel = 0.0905 (eq. (123))."""
     folder, callback, module = known_run
     fixed = float(module.fixed.net.weight)
     weights, _ = posthoc_ema_weights(folder / "checkpoints" / "last.ckpt",

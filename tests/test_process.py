@@ -18,7 +18,7 @@ def _pair(n=256, dtype=torch.float64, low=-20.0, high=20.0):
 
 
 def _plain(logsnr):
-    """α, σ straight from SNR = α²/σ² and α² + σ² = 1 (eqs. 3.8, A.14)."""
+    """α, σ straight from SNR = α²/σ² and α² + σ² = 1 (eqs. (3.8), (A.14))."""
     alpha2 = 1.0 / (1.0 + torch.exp(-logsnr))
     return alpha2.sqrt(), (1.0 - alpha2).sqrt()
 
@@ -35,7 +35,7 @@ def test_q_zt_given_x_mean_and_variance_eq_3_1():
     logsnr = torch.full((20000,), 0.7, dtype=torch.float64)
     z = P.diffuse(x, logsnr, torch.randn_like(x))
     alpha, sigma = P.alpha_sigma(torch.tensor(0.7, dtype=torch.float64))
-    # V[z_t] = V[x] for a VP process with standardized data (eq. 3.5); 4 standard errors of a variance estimate
+    # V[z_t] = V[x] for a VP process with standardized data (eq. (3.5)); 4 standard errors of a variance estimate
     se = math.sqrt(2.0 / x.shape[0])
     assert torch.allclose(z.var(0), torch.ones(3, dtype=torch.float64), atol=4 * se)
     resid = z - alpha * x
@@ -46,9 +46,9 @@ def test_transition_table_3_1_eqs_3_13_3_22():
     logsnr_s, logsnr_t = _pair()
     alpha_ts, sigma2_ts = P.transition(logsnr_s, logsnr_t)
     (alpha_s, sigma_s), (alpha_t, sigma_t) = _plain(logsnr_s), _plain(logsnr_t)
-    torch.testing.assert_close(alpha_ts, alpha_t / alpha_s)  # eq. 3.13
-    torch.testing.assert_close(sigma2_ts, sigma_t**2 - alpha_ts**2 * sigma_s**2)  # eq. 3.22
-    # composing q(z_s|x) with q(z_t|z_s) gives q(z_t|x): α_{t|s}α_s = α_t, α²_{t|s}σ_s² + σ²_{t|s} = σ_t² (eq. 3.21)
+    torch.testing.assert_close(alpha_ts, alpha_t / alpha_s)  # eq. (3.13)
+    torch.testing.assert_close(sigma2_ts, sigma_t**2 - alpha_ts**2 * sigma_s**2)  # eq. (3.22)
+    # composing q(z_s|x) with q(z_t|z_s) gives q(z_t|x): α_{t|s}α_s = α_t, α²_{t|s}σ_s² + σ²_{t|s} = σ_t² (eq. (3.21))
     torch.testing.assert_close(alpha_ts * alpha_s, alpha_t)
     torch.testing.assert_close(alpha_ts**2 * sigma_s**2 + sigma2_ts, sigma_t**2)
 
@@ -58,9 +58,9 @@ def test_posterior_table_3_1_matches_conjugate_update_eqs_3_38_3_40():
     x, z_t = torch.randn(256, 4, dtype=torch.float64), torch.randn(256, 4, dtype=torch.float64)
     (alpha_s, sigma_s), _ = _plain(logsnr_s), _plain(logsnr_t)
     alpha_ts, sigma2_ts = P.transition(logsnr_s, logsnr_t)
-    precision = alpha_ts**2 / sigma2_ts + 1.0 / sigma_s**2  # eq. 3.38
+    precision = alpha_ts**2 / sigma2_ts + 1.0 / sigma_s**2  # eq. (3.38)
     var_q = 1.0 / precision
-    mean_q = var_q[:, None] * ((alpha_ts / sigma2_ts)[:, None] * z_t + (alpha_s / sigma_s**2)[:, None] * x)  # eq. 3.40
+    mean_q = var_q[:, None] * ((alpha_ts / sigma2_ts)[:, None] * z_t + (alpha_s / sigma_s**2)[:, None] * x)  # eq. (3.40)
     torch.testing.assert_close(P.posterior_variance(logsnr_s, logsnr_t), var_q)
     torch.testing.assert_close(P.posterior_mean(z_t, x, logsnr_s, logsnr_t), mean_q)
 

@@ -37,7 +37,7 @@ def test_stratified_draws_fill_every_bin_equally():
 
 
 def test_profile_integrates_to_the_diffusion_term_of_the_elbo():
-    """Σ width·h_k and the ELBO's diffusion term (eq. 3.134) estimate one integral: they agree within their errors."""
+    """Σ width·h_k and the ELBO's diffusion term (eq. (3.134)) estimate one integral: they agree within their errors."""
     net = GaussianOracle(MU, 0.8 * STD)  # a wrong denoiser, so the integrand is not the optimum's
     x = data(400)
     ids = torch.arange(400)

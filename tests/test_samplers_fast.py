@@ -65,7 +65,7 @@ def test_edm_without_churn_is_the_deterministic_heun_solve():
 
 def test_euler_ancestral_with_eta_one_is_the_ancestral_sampler():
     """In y = z/α the DDPM posterior has variance η_s²(1 - η_s²/η_t²) = η_up² and mean y_t + (η_s²/η_t - η_t)ε̂,
-    and η_down = η_s²/η_t: Euler-ancestral with eta = 1 is ancestral sampling (eqs. 3.103-3.104) exactly."""
+    and η_down = η_s²/η_t: Euler-ancestral with eta = 1 is ancestral sampling (eqs. (3.103)–(3.104)) exactly."""
     logsnrs = S.logsnr_grid(S.CosineSchedule(-10.0, 10.0), 12).double()
     z = torch.randn(16, 2, dtype=torch.float64)
     denoise = PZ.EpsParameterization().denoiser(GaussianOracle(MU, STD), clip_x=True)

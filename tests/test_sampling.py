@@ -1,4 +1,4 @@
-"""Samplers with the closed-form Gaussian denoiser reproduce the data distribution (eqs. 3.103-3.104)."""
+"""Samplers with the closed-form Gaussian denoiser reproduce the data distribution (eqs. (3.103)–(3.104))."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Weightings w(λ) (§4.4-4.7): the monotonic flag, the augmentation kernel p_w(t) (eq. 4.150), stability."""
+"""Weightings w(λ) (§4.4-4.7): the monotonic flag, the augmentation kernel p_w(t) (eq. (4.150)), stability."""
 
 import numpy as np
 import pytest
@@ -133,7 +133,7 @@ KERNEL_CASES = [pytest.param(name, dataset, id=f"{name}-{dataset}",
 
 @pytest.mark.parametrize("schedule_name, dataset", KERNEL_CASES)
 def test_augmentation_kernel_is_positive_at_both_ends_and_integrates_to_one(schedule_name, dataset, configured):
-    """p_w(t) = dw(λ_t)/dt / (w(λ_min) - w(λ_max)) (eq. 4.150) from the schedule's analytic dλ/dt: finite and > 0 at
+    """p_w(t) = dw(λ_t)/dt / (w(λ_min) - w(λ_max)) (eq. (4.150)) from the schedule's analytic dλ/dt: finite and > 0 at
     t = 0, ½, 1, and ∫₀¹ p_w dt = 1 since the integral telescopes to (w(λ(1)) - w(λ(0)))/(w_min - w_max).
 
     On the ~4.5·10⁴ nodes of :func:`kernel_grid` the composite trapezoid rule (error Σ h_i³ |p_w''|/12) is within
@@ -167,7 +167,7 @@ def test_augmentation_kernel_is_the_derivative_of_the_normalised_weighting(sched
 
 # ---------------------------------------------------------------------------------------------- P2 (Choi et al.)
 def test_p2_is_simple_times_one_over_k_plus_snr_to_the_gamma():
-    """P2 = L_simple's per-step weight (w = p(λ), eq. 4.95) times (k + SNR)^{-γ}; γ = 0 is ``simple``."""
+    """P2 = L_simple's per-step weight (w = p(λ), eq. (4.95)) times (k + SNR)^{-γ}; γ = 0 is ``simple``."""
     logsnr = torch.linspace(-14, 14, 57, dtype=torch.float64)
     p = COSINE.density(logsnr)
     for k, gamma in [(1.0, 1.0), (1.0, 0.5), (0.3, 2.0)]:
@@ -251,7 +251,7 @@ def test_edm2_uncertainty_objective_is_minimised_at_u_equals_log_loss():
 
 
 def test_edm2_uncertainty_objective_does_not_depend_on_the_schedule():
-    """E_{λ~p}[objective] = E_{λ~n}[ℓ e^{-u} + u] (EDM2 eq. 21) for any p: at one λ the u-gradient of objective·p
+    """E_{λ~p}[objective] = E_{λ~n}[ℓ e^{-u} + u] (EDM2 eq. (21)) for any p: at one λ the u-gradient of objective·p
     is p-free, and zero where u = log ℓ."""
     weighting = W.EDM2UncertaintyWeighting()
     with torch.no_grad():

@@ -36,7 +36,7 @@ from vdmlab.options import FIDOptions, SamplerOptions
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains ``net`` on L_w (eq. 4.123) and evaluates the unweighted ELBO in bits/dim with the EMA weights.
+    """Trains ``net`` on L_w (eq. (4.123)) and evaluates the unweighted ELBO in bits/dim with the EMA weights.
 
     Args:
         net: denoiser ``forward(z, logsnr)``.
@@ -45,7 +45,7 @@ class DiffusionModule(L.LightningModule):
         optimizer: a (partial) ``torch.optim`` constructor taking the parameters.
         lr_scheduler: a partial taking the optimizer (stepped every optimizer step), or None.
         time_sampler: ``(batch_size, *, generator, device) -> t``; low-discrepancy by default (docs/architecture.md).
-        timesteps: None for continuous time, else the number of discrete steps T (eq. A.38).
+        timesteps: None for continuous time, else the number of discrete steps T (eq. (A.38)).
         ema_decay, ema_warmup: EMA of the weights used for evaluation and sampling.
         eval_num_samples: λ draws per example for val/test bits/dim.
         sampler: the sampler group (:class:`vdmlab.options.SamplerOptions`, or a dict of its keys) for sample grids
@@ -147,7 +147,7 @@ class DiffusionModule(L.LightningModule):
 
     def loss_terms(self, x: Tensor, generator: torch.Generator | None = None, net: nn.Module | None = None,
                    cond: Tensor | None = None, t: Tensor | None = None) -> LossTerms:
-        """One Monte-Carlo draw of the weighted loss (eq. 4.123) for a batch, conditioned on ``cond`` (labels),
+        """One Monte-Carlo draw of the weighted loss (eq. (4.123)) for a batch, conditioned on ``cond`` (labels),
         at times ``t`` when given."""
         if t is None:
             t = self.time_sampler(x.shape[0], generator=generator, device=x.device)
@@ -159,11 +159,11 @@ class DiffusionModule(L.LightningModule):
         )
 
     def elbo_model(self, num_samples: int, timesteps: int | None) -> ELBOModel:
-        """The EMA model's bound (eq. 3.60) with ``num_samples`` λ draws per example, in ``timesteps`` steps."""
+        """The EMA model's bound (eq. (3.60)) with ``num_samples`` λ draws per example, in ``timesteps`` steps."""
         return ELBOModel(self.ema.net, self.schedule, self.parameterization, self.num_levels, timesteps, num_samples)
 
     def _endpoint_terms(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Prior KL and decoder NLL (eq. 3.60), each [B] nats; they depend only on the schedule's endpoints
+        """Prior KL and decoder NLL (eq. (3.60)), each [B] nats; they depend only on the schedule's endpoints
         (differentiably so when the schedule trains them, e.g. ``schedule=learned schedule.learn_endpoints=true``)."""
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return likelihood.endpoint_terms(x, self.schedule, eps, self.num_levels)
@@ -201,7 +201,7 @@ class DiffusionModule(L.LightningModule):
             self.schedule.accumulate(terms.logsnr.detach(), terms.loss.detach())
         loss = terms.loss.mean()  # a NaN/inf loss gives non-finite gradients: callbacks.NonFiniteGuard skips the step
         log_now = self._logging_step()
-        if self.schedule.trainable_endpoints:  # the ELBO's prior and decoder terms train the endpoints (eq. 3.60)
+        if self.schedule.trainable_endpoints:  # the ELBO's prior and decoder terms train the endpoints (eq. (3.60))
             prior, reconstruction = self._endpoint_terms(x, self.noise_generator)
             objective = loss + (prior + reconstruction).mean()
         elif log_now:  # for train/bpd only: own noise, so that the logging frequency never changes the training noise

@@ -297,7 +297,7 @@ def matrix_markdown(groups: list[GroupDiagnostics]) -> str:
                                    f"errors of the difference, {se:.4f}, evaluation noise)")
             cells.append(text)
         table.append([g.label, *cells])
-    notes = ["", "Each cell: the weighted loss L_w = ½∫w(λ)E‖ε−ε̂‖²dλ (eq. 4.123) of the row's EMA network on the test "
+    notes = ["", "Each cell: the weighted loss L_w = ½∫w(λ)E‖ε−ε̂‖²dλ (eq. (4.123)) of the row's EMA network on the test "
              "split, scored from the profile's draws, mean over seeds, divided by the column's best (1 = best). Bold: the "
              "loss the row was trained with."]
     notes += [f"- {m}" for m in misfits] or ["- every group is best on the loss it was trained with."]

@@ -1,4 +1,4 @@
-"""The variance of the loss estimator (eq. 4.123) of a fixed trained denoiser under each schedule and each time
+"""The variance of the loss estimator (eq. (4.123)) of a fixed trained denoiser under each schedule and each time
 sampler, at equal sample counts (the analysis behind ``python -m vdmlab.cli.variance``).
 
 The denoiser is the checkpoint's EMA network (rebuilt with ``build_from_checkpoint``), frozen. Schedules, all on
@@ -59,7 +59,7 @@ class FixedTargetWeighting(Weighting):
         self.name, self.monotonic = weighting.name, weighting.monotonic
 
     def weight(self, logsnr: Tensor, p_logsnr: Tensor | None) -> Tensor:
-        """w(λ; p_ref(λ)) of the wrapped weighting, eqs. (4.95, 4.123)."""
+        """w(λ; p_ref(λ)) of the wrapped weighting, eqs. (4.95), (4.123)."""
         with torch.no_grad():
             p_reference = self.reference.density(logsnr.detach())
         return self.inner(logsnr, p_reference)
@@ -81,7 +81,7 @@ def fixed_batches(data: Tensor, batch_size: int) -> list[Tensor]:
 
 
 def draw_loss(x: Tensor, schedule: Schedule, sampler: Callable, gen: torch.Generator, **objective) -> Tensor:
-    """One Monte-Carlo draw of the per-example weighted loss (eq. 4.123), ``[B]``."""
+    """One Monte-Carlo draw of the per-example weighted loss (eq. (4.123)), ``[B]``."""
     t = sampler(x.shape[0], generator=gen, device=x.device).to(x.dtype)
     eps = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     return diffusion_loss(x, t, eps, schedule=schedule, **objective).loss

@@ -32,7 +32,7 @@ def kernel_density(schedule: Schedule, weighting: Weighting, t: torch.Tensor) ->
         return augmentation_kernel(weighting, schedule, t).cpu()  # exact at both ends: no clamp needed
     except ValueError:
         return ("no kernel p_w(t): w is constant,\nits kernel is a point mass at t = 0" if weighting.monotonic
-                else "no kernel p_w(t):\nw is not monotonic (eq. 4.148)")
+                else "no kernel p_w(t):\nw is not monotonic (eq. (4.148))")
 
 
 @torch.no_grad()

@@ -18,12 +18,12 @@ def pick_device(name: str) -> torch.device:
 # train/* rows are the last logged training step (training weights), val/* and test/* use the EMA weights; the full
 # explanations, with scales, are in docs/metrics.md.
 METRIC_DESCRIPTIONS: dict[str, str] = {
-    "loss": "weighted loss being trained, 1/2 w(λ)/p(λ) ||ε - ε̂||² (eq. 4.123), nats",
+    "loss": "weighted loss being trained, 1/2 w(λ)/p(λ) ||ε - ε̂||² (eq. (4.123)), nats",
     "loss_variance": "variance of the per-example loss over the batch: the gradient noise",
     "bpd": "negative ELBO in bits/dim, a bound on -log p(x); lower is better",
     "bpd_se": "standard error of bpd over the examples",
-    "bpd_diffusion": "diffusion term of the ELBO (eq. 3.134), bits/dim",
-    "diffusion": "diffusion term of the ELBO (eq. 3.134), bits/dim",
+    "bpd_diffusion": "diffusion term of the ELBO (eq. (3.134)), bits/dim",
+    "diffusion": "diffusion term of the ELBO (eq. (3.134)), bits/dim",
     "bpd_prior": "prior term KL(q(z_1|x) || N(0, I)) at λ_min, bits/dim",
     "prior": "prior term KL(q(z_1|x) || N(0, I)) at λ_min, bits/dim",
     "bpd_reconstruction": "decoder term -log p(x|z_0) at λ_max, bits/dim",

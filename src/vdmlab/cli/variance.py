@@ -1,5 +1,5 @@
 """``python -m vdmlab.cli.variance ckpt_path=...``: the command line of :mod:`vdmlab.analysis.variance`, the variance
-of the loss estimator (eq. 4.123) of a checkpoint's frozen EMA denoiser under each schedule (cosine, linear, a
+of the loss estimator (eq. (4.123)) of a checkpoint's frozen EMA denoiser under each schedule (cosine, linear, a
 fitted learned one, a fitted adaptive one, the checkpoint's own) and each time sampler (iid, low-discrepancy).
 
 The weighting is the checkpoint's (``weighting=NAME`` picks conf/weighting/NAME.yaml instead). Results are printed

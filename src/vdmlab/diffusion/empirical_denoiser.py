@@ -2,7 +2,7 @@
 
 For the empirical distribution p(x) = (1/N) Σ_n δ(x − x_n), the posterior over the training images given z_λ =
 α x + σ ε is p(n | z_λ) ∝ N(z_λ; α x_n, σ² I), so the minimum-MSE denoiser (the optimum of every weighted loss,
-eqs. 4.123, 4.150) is the softmax-weighted mean x̂*(z_λ) = Σ_n softmax_n(−‖z_λ − α x_n‖² / 2σ²)·x_n. As λ → ∞ it
+eqs. (4.123), (4.150)) is the softmax-weighted mean x̂*(z_λ) = Σ_n softmax_n(−‖z_λ − α x_n‖² / 2σ²)·x_n. As λ → ∞ it
 returns the training image nearest to z_λ/α, as λ → −∞ the training mean. A model whose x̂ follows x̂* on inputs
 noised from *test* images reproduces its training set at that noise level.
 """

@@ -6,7 +6,7 @@ p(λ)) and use its ``update(logsnr, loss)`` hook, which the module calls each tr
 - ``LearnedSchedule`` (App. A.2) has parameters η. ``update`` arms a custom autograd node
   (``_VarianceGradient``) on the forwards of that step so that η receives the gradient of the estimator's
   variance, not of the loss, while the denoiser keeps the plain loss gradient;
-- ``AdaptiveSchedule`` (eq. 4.130) has state: per-bin EMAs of w(λ)‖ε - ε̂‖², kept as checkpointed buffers.
+- ``AdaptiveSchedule`` (eq. (4.130)) has state: per-bin EMAs of w(λ)‖ε - ε̂‖², kept as checkpointed buffers.
 
 Under DDP every rank must hold the same schedule, so both all-reduce what ``update`` sees over the ranks
 (``vdmlab.distributed.all_reduce_sum``): the learned schedule its batch-mean loss L̄ (the scale of the
@@ -53,7 +53,7 @@ class LearnedSchedule(Schedule):
 
     γ̃(t) = a·t + (1/F)·Σ_j c_j·(2·sigmoid(b_j(2t - 1) + d_j) - 1) with a, b_j, c_j > 0 (a linear part plus an
     F-unit sigmoid branch, as in VDM's ``NoiseSchedule_NNet``), and λ(t) = λ_max - (λ_max - λ_min)·s(t) with the
-    normalised shape s(t) = (γ̃(t) - γ̃(0))/(γ̃(1) - γ̃(0)) (VDM eq. 59), so λ(0) = λ_max and λ(1) = λ_min exactly
+    normalised shape s(t) = (γ̃(t) - γ̃(0))/(γ̃(1) - γ̃(0)) (VDM eq. (59)), so λ(0) = λ_max and λ(1) = λ_min exactly
     whatever η is.
 
     Positive weights are exp of unconstrained parameters, each stored divided by ``lr_multiplier``: with Adam-type
@@ -68,7 +68,7 @@ class LearnedSchedule(Schedule):
     over DDP ranks, so the scale matches the plain loss gradient and gradient clipping is not dominated by η.
     A backward through a forward that ``update`` did not arm (plots, d/dt, evaluation) uses factor 1, the plain
     gradient. With ``learn_endpoints`` the endpoints are parameters with the plain gradient of the loss; the
-    module adds the ELBO's prior and decoder terms (eq. 3.60) for them (``trainable_endpoints``).
+    module adds the ELBO's prior and decoder terms (eq. (3.60)) for them (``trainable_endpoints``).
     """
 
     adapts = True
@@ -101,7 +101,7 @@ class LearnedSchedule(Schedule):
 
     @property
     def trainable_endpoints(self) -> bool:  # type: ignore[override]
-        """True with ``learn_endpoints``: the module then adds the ELBO's prior and decoder terms (eq. 3.60)."""
+        """True with ``learn_endpoints``: the module then adds the ELBO's prior and decoder terms (eq. (3.60))."""
         return self.learn_endpoints
 
     @property
@@ -250,7 +250,7 @@ class AdaptiveSchedule(Schedule):
     t ~ U(0, 1) gives λ ~ p and the loss weight is w(λ)/p(λ) = -w·dλ/dt as for every schedule.
 
     ``update(logsnr, loss)`` recovers w‖ε - ε̂‖² = 2·L·p(λ) from the per-example loss L = ½·w/p·‖ε - ε̂‖² of
-    the continuous-time objective (eq. 4.123) under the density that drew λ (the current one).
+    the continuous-time objective (eq. (4.123)) under the density that drew λ (the current one).
     """
 
     adapts = True
@@ -305,7 +305,7 @@ class AdaptiveSchedule(Schedule):
         return self.forward(t)[1]
 
     def t_of(self, logsnr: Tensor) -> Tensor:
-        """t(λ) = 1 - F(λ) with F the piecewise-linear CDF of p(λ), eqs. (4.100, 4.130)."""
+        """t(λ) = 1 - F(λ) with F the piecewise-linear CDF of p(λ), eqs. (4.100), (4.130)."""
         q, cdf, width = self._tables()
         lam = logsnr.to(q.dtype).clamp(self.logsnr_min, self.logsnr_max)
         k = self._bin(lam, width)
@@ -313,7 +313,7 @@ class AdaptiveSchedule(Schedule):
         return (1.0 - (cdf[k] + q[k] * frac)).clamp(0.0, 1.0).to(logsnr.dtype)
 
     def density(self, logsnr: Tensor) -> Tensor:
-        """p(λ) = q_k/Δ in bin k, zero outside [λ_min, λ_max], eqs. (4.102, 4.130)."""
+        """p(λ) = q_k/Δ in bin k, zero outside [λ_min, λ_max], eqs. (4.102), (4.130)."""
         q, _, width = self._tables()
         inside = (logsnr >= self.logsnr_min) & (logsnr <= self.logsnr_max)
         p = (q[self._bin(logsnr.to(q.dtype), width)] / width).to(logsnr.dtype)

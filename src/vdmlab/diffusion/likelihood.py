@@ -120,7 +120,7 @@ def per_example_normal(seeds: Tensor, shape: tuple[int, ...], device=None, dtype
 @dataclass(frozen=True)
 class ELBOModel:
     """What the bound is computed of: the denoiser ``net`` with its schedule and parameterization, the data's K
-    levels, the time discretization (None: continuous time, eq. 3.134; T: the discrete-T bound, eq. A.38) and the
+    levels, the time discretization (None: continuous time, eq. (3.134); T: the discrete-T bound, eq. (A.38)) and the
     λ draws per example for the diffusion term."""
 
     net: nn.Module

@@ -3,8 +3,8 @@
     L_w(x) = ½ · E_{λ~p(λ), ε} [ w(λ)/p(λ) · ‖ε − ε̂(z_λ; λ)‖² ]
 
 ``schedule`` supplies p(λ) (through t ~ U(0, 1) and λ = λ(t)), ``weighting`` supplies w(λ), and the
-``parameterization`` turns the network output into ε̂. Continuous time uses 1/p(λ) = -dλ/dt (eq. 4.107);
-discrete time with T steps uses T·expm1(λ_s - λ_t) in its place (eq. A.38), so both share one code path.
+``parameterization`` turns the network output into ε̂. Continuous time uses 1/p(λ) = -dλ/dt (eq. (4.107));
+discrete time with T steps uses T·expm1(λ_s - λ_t) in its place (eq. (A.38)), so both share one code path.
 Per-example terms are ``[B]`` tensors in nats, summed over data dimensions.
 """
 
@@ -45,7 +45,7 @@ class LossTerms:
 def logsnr_and_inverse_density(
     schedule: Schedule, t: Tensor, timesteps: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """λ_t and 1/p(λ_t): -dλ/dt in continuous time (eq. 4.107), T·expm1(λ_s - λ_t) for T steps (eq. A.38)."""
+    """λ_t and 1/p(λ_t): -dλ/dt in continuous time (eq. (4.107)), T·expm1(λ_s - λ_t) for T steps (eq. (A.38))."""
     if timesteps is None:
         logsnr_t, dlogsnr_dt = schedule(t)
         return logsnr_t, -dlogsnr_dt
@@ -67,7 +67,7 @@ def diffusion_loss(
     timesteps: int | None = None,
     cond=None,
 ) -> LossTerms:
-    """Weighted diffusion loss ½ w(λ)/p(λ) ‖ε − ε̂‖² per example, eqs. (4.123, 3.134, A.38); ``cond`` goes to the net.
+    """Weighted diffusion loss ½ w(λ)/p(λ) ‖ε − ε̂‖² per example, eqs. (4.123), (3.134), (A.38); ``cond`` goes to the net.
 
     The trained ``loss`` is the weighting's ``objective`` of it: the weighted loss itself for a fixed w(λ), and for a
     learned weighting (``edm2_uncertainty``) the loss that also trains its parameters."""

@@ -1,17 +1,17 @@
 """Exact likelihood of the probability-flow ODE in log-SNR coordinates (Song et al. 2021; i-DODE, Zheng et al. 2023).
 
 The probability-flow ODE. With y = z/α and η = σ/α = e^{-λ/2} the deterministic sampler of §3 (DDIM, the
-``heun`` sampler) is dy/dη = ε̂(z; λ). Since dα/dλ = ½ασ² (from α² = sigmoid(λ), eq. A.1) and dη/dλ = -½η,
+``heun`` sampler) is dy/dη = ε̂(z; λ). Since dα/dλ = ½ασ² (from α² = sigmoid(λ), eq. (A.1)) and dη/dλ = -½η,
 
     dz/dλ = (dα/dλ) y + α (dy/dη)(dη/dλ) = ½(σ² z - σ ε̂(z; λ)) = ½σ²(z + ∇_z log q(z; λ)),
 
-using ε̂ = -σ ∇ log q (eq. 4.19). Its divergence is ∇·f = ½σ² D - ½σ tr(∂ε̂/∂z). Along a solution the
+using ε̂ = -σ ∇ log q (eq. (4.19)). Its divergence is ∇·f = ½σ² D - ½σ tr(∂ε̂/∂z). Along a solution the
 instantaneous change of variables (Chen et al. 2018) gives d log p(z_λ)/dλ = -∇·f, so integrating from
 λ_max (the data end, t = 0) down to λ_min (t = 1):
 
     log p_0(z_0) = log p_1(z_1) + ∫_{λ_max}^{λ_min} ∇·f dλ,
 
-with the model's prior p_1(z_1) = N(0, I) (q(z_1) is only approximately N(0, I), eq. 3.60's prior term).
+with the model's prior p_1(z_1) = N(0, I) (q(z_1) is only approximately N(0, I), eq. (3.60)'s prior term).
 Data x enter at λ_max as z_0 = α_0 y, so the continuous density is log p(y) = log p_0(α_0 y) + D log α_0.
 
 Discrete data on K levels (spacing Δ = 2/(K - 1) in [-1, 1]): a dequantization q(y|x) supported on the bin

@@ -57,7 +57,7 @@ def call_net(net: nn.Module, z_t: Tensor, logsnr: Tensor, cond=None) -> Tensor:
 
 
 def guided_eps(eps_cond: Tensor, eps_uncond: Tensor, guidance: Tensor | float) -> Tensor:
-    """Classifier-free guidance ε̂ = (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) (Ho & Salimans 2022, eq. 6); with a guiding model
+    """Classifier-free guidance ε̂ = (1 + w)·ε̂(z, c) − w·ε̂(z, ∅) (Ho & Salimans 2022, eq. (6)); with a guiding model
     in place of ε̂(z, ∅), autoguidance ε̂ = ε̂_main + w·(ε̂_main − ε̂_guide) (Karras et al. 2024, "Guiding a diffusion
     model with a bad version of itself", §3)."""
     w = expand_like(torch.as_tensor(guidance, dtype=eps_cond.dtype, device=eps_cond.device), eps_cond)
@@ -139,7 +139,7 @@ class Parameterization:
         return Prediction(eps_hat, x_hat)
 
     def posterior_mean(self, out: Tensor, z_t: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
-        """μθ(z_t; s, t) for this parameterization: eq. (3.47) with x̂ in place of x, eqs. (3.59, 4.1), Table 4.1."""
+        """μθ(z_t; s, t) for this parameterization: eq. (3.47) with x̂ in place of x, eqs. (3.59), (4.1), Table 4.1."""
         return posterior_mean(z_t, self.to_x(out, z_t, logsnr_t), logsnr_s, logsnr_t)
 
     def denoiser(
@@ -178,7 +178,7 @@ class Parameterization:
 
 
 class XParameterization(Parameterization):
-    """Image denoising: the network predicts x̂θ(z_t; λ) directly (eq. 4.1)."""
+    """Image denoising: the network predicts x̂θ(z_t; λ) directly (eq. (4.1))."""
 
     name = "x"
 
@@ -192,7 +192,7 @@ class XParameterization(Parameterization):
 
 
 class EpsParameterization(Parameterization):
-    """Noise prediction ε̂θ(z_t; λ) (Ho et al. 2020; eq. 4.2)."""
+    """Noise prediction ε̂θ(z_t; λ) (Ho et al. 2020; eq. (4.2))."""
 
     name = "eps"
 
@@ -206,7 +206,7 @@ class EpsParameterization(Parameterization):
 
 
 class ScoreParameterization(Parameterization):
-    """Score prediction sθ(z_t; λ) ≈ ∇ log q(z_t), with ε̂ = -σ_t sθ (eqs. 4.11, 4.19)."""
+    """Score prediction sθ(z_t; λ) ≈ ∇ log q(z_t), with ε̂ = -σ_t sθ (eqs. (4.11), (4.19))."""
 
     name = "score"
 
@@ -222,7 +222,7 @@ class ScoreParameterization(Parameterization):
 
 
 class EnergyParameterization(Parameterization):
-    """Energy-based: sθ = -∇_z Eθ, so ε̂ = σ_t ∇_z Eθ(z_t; λ) by autograd (eqs. 4.20-4.24).
+    """Energy-based: sθ = -∇_z Eθ, so ε̂ = σ_t ∇_z Eθ(z_t; λ) by autograd (eqs. (4.20)–(4.24)).
 
     The scalar energy is built from the network f: Eθ(z; λ) = ‖z - f(z, λ)‖²/(2σ_t), which makes
     ε̂ = (I - J_f)ᵀ(z - f) an O(1) quantity at every noise level. The gradient is taken with
@@ -238,7 +238,7 @@ class EnergyParameterization(Parameterization):
         return 0.5 * (z_t - call_net(net, z_t, logsnr, cond)).pow(2).flatten(1).sum(1) / sigma_t
 
     def output(self, net: nn.Module, z_t: Tensor, logsnr: Tensor, cond=None) -> Tensor:
-        """∇_z Eθ(z_t; λ, c) by autograd, differentiable when gradients are enabled (eq. 4.24)."""
+        """∇_z Eθ(z_t; λ, c) by autograd, differentiable when gradients are enabled (eq. (4.24))."""
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             z = z_t if z_t.requires_grad else z_t.detach().requires_grad_(True)
@@ -246,7 +246,7 @@ class EnergyParameterization(Parameterization):
         return grad
 
     def to_eps(self, out: Tensor, z_t: Tensor, logsnr: Tensor) -> Tensor:
-        """ε̂ = σ_t ∇_z E, since sθ = -∇E (eq. 4.24) and ε̂ = -σ_t sθ (eq. 4.19)."""
+        """ε̂ = σ_t ∇_z E, since sθ = -∇E (eq. (4.24)) and ε̂ = -σ_t sθ (eq. (4.19))."""
         _, sigma_t = _coefs(z_t, logsnr)
         return sigma_t * out
 
@@ -257,7 +257,7 @@ class EnergyParameterization(Parameterization):
 
 
 class VParameterization(Parameterization):
-    """Velocity prediction v̂ = α_t ε̂ - σ_t x̂ (Salimans & Ho 2022; eqs. 4.25-4.34)."""
+    """Velocity prediction v̂ = α_t ε̂ - σ_t x̂ (Salimans & Ho 2022; eqs. (4.25)–(4.34))."""
 
     name = "v"
 
@@ -278,7 +278,7 @@ class VParameterization(Parameterization):
 
 
 class FlowParameterization(Parameterization):
-    """Flow matching: û = ε - x in rectified-flow coordinates, mapped to the VP latent (eqs. 4.38-4.46).
+    """Flow matching: û = ε - x in rectified-flow coordinates, mapped to the VP latent (eqs. (4.38)–(4.46)).
 
     With z_rf = z_t/(α_t + σ_t) and σ_rf = σ_t/(α_t + σ_t): x̂ = z_rf - σ_rf û and ε̂ = z_rf + α_rf û,
     which are the Table 4.2 entries x̂ = z - σû, ε̂ = αû + z written for α + σ ≠ 1.

@@ -17,12 +17,12 @@ def expand_like(a: Tensor, x: Tensor) -> Tensor:
 
 
 def alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
-    """Signal and noise scales of a VP process, α² = sigmoid(λ), σ² = sigmoid(-λ), eqs. (A.1, A.4)."""
+    """Signal and noise scales of a VP process, α² = sigmoid(λ), σ² = sigmoid(-λ), eqs. (A.1), (A.4)."""
     return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
 
 
 def log_alpha2_sigma2(logsnr: Tensor) -> tuple[Tensor, Tensor]:
-    """log α² and log σ² of a VP process, eqs. (A.1, A.4), in log space for stability."""
+    """log α² and log σ² of a VP process, eqs. (A.1), (A.4), in log space for stability."""
     return F.logsigmoid(logsnr), F.logsigmoid(-logsnr)
 
 
@@ -33,7 +33,7 @@ def diffuse(x: Tensor, logsnr: Tensor, eps: Tensor) -> Tensor:
 
 
 def transition(logsnr_s: Tensor, logsnr_t: Tensor) -> tuple[Tensor, Tensor]:
-    """α_{t|s} = α_t/α_s (eq. 3.13) and σ²_{t|s} = σ_t² - α²_{t|s}σ_s² = -σ_t² expm1(λ_t - λ_s) (eq. 3.22)."""
+    """α_{t|s} = α_t/α_s (eq. (3.13)) and σ²_{t|s} = σ_t² - α²_{t|s}σ_s² = -σ_t² expm1(λ_t - λ_s) (eq. (3.22))."""
     log_alpha2_s, _ = log_alpha2_sigma2(logsnr_s)
     log_alpha2_t, log_sigma2_t = log_alpha2_sigma2(logsnr_t)
     alpha_ts = torch.exp(0.5 * (log_alpha2_t - log_alpha2_s))
@@ -74,7 +74,7 @@ def posterior_mean_eps(z_t: Tensor, eps: Tensor, logsnr_s: Tensor, logsnr_t: Ten
 
 
 def snr_difference_weight(logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
-    """SNR(s)/SNR(t) - 1 = expm1(λ_s - λ_t), the ε-space weight of one KL term, eqs. (3.99, A.36)."""
+    """SNR(s)/SNR(t) - 1 = expm1(λ_s - λ_t), the ε-space weight of one KL term, eqs. (3.99), (A.36)."""
     return torch.expm1(logsnr_s - logsnr_t)
 
 
@@ -85,5 +85,5 @@ def kl_transition(x: Tensor, x_hat: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) 
 
 
 def kl_transition_eps(eps: Tensor, eps_hat: Tensor, logsnr_s: Tensor, logsnr_t: Tensor) -> Tensor:
-    """The same KL in ε-space, ½ expm1(λ_s - λ_t)‖ε - ε̂‖², eqs. (3.99, A.38); returns ``[B]`` nats."""
+    """The same KL in ε-space, ½ expm1(λ_s - λ_t)‖ε - ε̂‖², eqs. (3.99), (A.38); returns ``[B]`` nats."""
     return 0.5 * snr_difference_weight(logsnr_s, logsnr_t) * (eps - eps_hat).pow(2).flatten(1).sum(1)

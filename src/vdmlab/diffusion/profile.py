@@ -1,10 +1,10 @@
 """The ELBO over noise levels: the integrand of the diffusion term per unit λ, in bins, and rate–distortion.
 
-The diffusion term of the ELBO is an integral over λ (eq. 3.134 with dλ = -dλ/dt·dt, as in eq. 4.113):
+The diffusion term of the ELBO is an integral over λ (eq. (3.134) with dλ = -dλ/dt·dt, as in eq. (4.113)):
 
     L_∞(x) = ½ ∫_{λ_min}^{λ_max} E_ε ‖ε − ε̂(z_λ; λ)‖² dλ,
 
-and every weighted loss is the same integral with w(λ) inside, L_w = ½ ∫ w(λ)·E‖ε − ε̂‖² dλ (eqs. 4.123, 4.150).
+and every weighted loss is the same integral with w(λ) inside, L_w = ½ ∫ w(λ)·E‖ε − ε̂‖² dλ (eqs. (4.123), (4.150)).
 So objectives differ only in where in λ they spend the network. The *profile* is the integrand h(λ) =
 ½ E‖ε − ε̂(z_λ)‖² averaged over equal-width bins of [λ_min, λ_max]: every bin gets the same number of stratified
 draws λ = lo + width·(j + u_x)/S (j = 0..S-1, u_x a per-example offset), so each bin mean is unbiased, and
@@ -89,7 +89,7 @@ def profile_terms(
     cond=None,
     scored_with: Mapping[str, Weighting] | None = None,
 ) -> ProfileTerms:
-    """Bin means of the ELBO integrand ½‖ε − ε̂(z_λ)‖² (eq. 3.134) and of w(λ) times it (eqs. 4.123, 4.150).
+    """Bin means of the ELBO integrand ½‖ε − ε̂(z_λ)‖² (eq. (3.134)) and of w(λ) times it (eqs. (4.123), (4.150)).
 
     ``draws`` stratified λ per bin and example (:func:`stratified_logsnr`), ε counter-based from (seed, id, draw).
     ``scored_with`` names further weightings whose weighted integrands are averaged from the same draws; a weighting

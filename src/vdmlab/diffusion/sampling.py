@@ -78,7 +78,7 @@ def _steps(logsnrs: Tensor, batch: int):
 @declare_sampler(calls_per_step=1)
 @torch.no_grad()
 def ancestral(denoise: Denoiser, z: Tensor, logsnrs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Ancestral sampling z_s = μθ(z_t; s, t) + σ_Q(s, t)·ε, eqs. (3.103-3.104) in expm1 form (A.21, A.29)."""
+    """Ancestral sampling z_s = μθ(z_t; s, t) + σ_Q(s, t)·ε, eqs. (3.103)–(3.104) in expm1 form (A.21, A.29)."""
     for logsnr_t, logsnr_s in _steps(logsnrs, z.shape[0]):
         mean = posterior_mean(z, denoise(z, logsnr_t).x_hat, logsnr_s, logsnr_t)  # μθ: eq. (3.47) with x̂, (3.59)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)

@@ -8,7 +8,7 @@ Every schedule exposes the same interface:
 
 This module holds the fixed schedules, pure functions of t. The schedules with parameters or state that
 change during training, ``LearnedSchedule`` (VDM's monotone network, App. A.2) and ``AdaptiveSchedule``
-(VDM++, eq. 4.130), live in :mod:`vdmlab.diffusion.learned_schedules`; they share the ``Schedule`` base and
+(VDM++, eq. (4.130)), live in :mod:`vdmlab.diffusion.learned_schedules`; they share the ``Schedule`` base and
 its ``update(logsnr, loss)`` hook, which training calls before backward.
 
 The fixed schedules are truncated reparameterisations λ(t) = g(τ₀ + (τ₁ - τ₀)t) of a monotone map g, with
@@ -69,7 +69,7 @@ class Schedule(nn.Module, abc.ABC):
         return self.logsnr(t), self.dlogsnr_dt(t)
 
     def density(self, logsnr: Tensor) -> Tensor:
-        """p(λ) = -dt/dλ = -1/(dλ/dt), eqs. (4.100-4.102); zero outside [logsnr_min, logsnr_max]."""
+        """p(λ) = -dt/dλ = -1/(dλ/dt), eqs. (4.100)–(4.102); zero outside [logsnr_min, logsnr_max]."""
         inside = (logsnr >= self.logsnr_min) & (logsnr <= self.logsnr_max)
         lam = logsnr.clamp(self.logsnr_min, self.logsnr_max)
         p = -1.0 / self.dlogsnr_dt(self.t_of(lam).clamp(0.0, 1.0))
@@ -287,7 +287,7 @@ class LogitNormalSchedule(EDMSchedule):
 
     SD3 draws t_rf = sigmoid(m + s·n), n ~ N(0, 1), on the path α = 1 − t_rf, σ = t_rf, where λ = −2·logit(t_rf)
     (``flow``). Then λ = −2m − 2s·n ~ N(−2m, (2s)²): the truncated-normal schedule λ(t) = −2m − 2s·Φ⁻¹(τ) of ``edm``
-    with mean −2m and std 2s, so λ(t), dλ/dt and t(λ) are analytic and p(λ) = N(λ; −2m, 4s²)/(τ₁ − τ₀) (eq. 4.102).
+    with mean −2m and std 2s, so λ(t), dλ/dt and t(λ) are analytic and p(λ) = N(λ; −2m, 4s²)/(τ₁ − τ₀) (eq. (4.102)).
     """
 
     def __init__(self, logsnr_min: float, logsnr_max: float, loc: float = 0.0, scale: float = 1.0):

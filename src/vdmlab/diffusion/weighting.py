@@ -3,7 +3,7 @@
 Every weighting is called as ``w(logsnr, p_logsnr)``: ``p_logsnr`` is the training schedule's density p(λ)
 at the same points, which only the schedule-relative objectives (``simple``, ``min_snr``) read. The
 ``monotonic`` attribute is true exactly when w does not increase in λ (so w(λ_t) is a CDF-like function of
-t and the objective is an ELBO under Gaussian data augmentation, eq. 4.162).
+t and the objective is an ELBO under Gaussian data augmentation, eq. (4.162)).
 
 A weighting with parameters (``edm2_uncertainty``) is an ``nn.Module`` as well, so the DiffusionModule registers
 it and its optimizer trains it; :meth:`Weighting.objective` turns the per-example weighted loss into the loss
@@ -41,7 +41,7 @@ class Weighting:
         return loss
 
     def trained_weight(self, logsnr: Tensor, p_logsnr: Tensor | None = None) -> Tensor:
-        """The w(λ) that the network is trained with: w itself (a learned weighting rescales it, eq. 4.123)."""
+        """The w(λ) that the network is trained with: w itself (a learned weighting rescales it, eq. (4.123))."""
         return self(logsnr, p_logsnr)
 
     def __repr__(self) -> str:
@@ -169,7 +169,7 @@ def augmentation_kernel(weighting: Weighting, schedule: Schedule, t: Tensor) -> 
     differentiated, in λ. The kernel is a plotted diagnostic: no gradient flows to the schedule's parameters.
     """
     if not weighting.monotonic:
-        raise ValueError(f"p_w(t) is a density only for monotonic weightings; {weighting!r} is not (eq. 4.148)")
+        raise ValueError(f"p_w(t) is a density only for monotonic weightings; {weighting!r} is not (eq. (4.148))")
     def w_of(logsnr: Tensor) -> Tensor:
         return weighting(logsnr, schedule.density(logsnr) if weighting.reads_density else None)
 
@@ -188,8 +188,8 @@ def augmentation_kernel(weighting: Weighting, schedule: Schedule, t: Tensor) -> 
 class P2Weighting(Weighting):
     """Choi et al. 2022's perception-prioritised weighting: the ε-MSE of the training schedule times 1/(k + SNR)^γ.
 
-    P2 replaces L_simple's per-step weight λ_t (eq. 4.91) by λ'_t = λ_t/(k + SNR(t))^γ (Choi et al. 2022). L_simple is
-    the weighted loss with w(λ) = p(λ) (eq. 4.95), and SNR = e^λ, so in this convention w(λ) = p(λ)·(k + e^λ)^{-γ};
+    P2 replaces L_simple's per-step weight λ_t (eq. (4.91)) by λ'_t = λ_t/(k + SNR(t))^γ (Choi et al. 2022). L_simple is
+    the weighted loss with w(λ) = p(λ) (eq. (4.95)), and SNR = e^λ, so in this convention w(λ) = p(λ)·(k + e^λ)^{-γ};
     γ = 0 is ``simple``. Like ``simple`` it reads the training schedule's p(λ), and its monotonicity is that of
     p(λ)(k + e^λ)^{-γ}: true under ``linear`` (uniform p), false under ``cosine`` (p ∝ sech(λ/2) grows like e^{λ/2}
     for λ ≪ 0, where the factor is ≈ k^{-γ}) and any schedule whose p(λ) rises at low λ; it is reported non-monotonic.
@@ -241,7 +241,7 @@ class LogitNormalFlowWeighting(Weighting):
 
 
 class EDM2UncertaintyWeighting(EDMWeighting, nn.Module):
-    """EDM2's learned uncertainty weighting (Karras et al. 2024, eqs. 14-16, 21): w(λ)·e^{−u(λ)}, u learned.
+    """EDM2's learned uncertainty weighting (Karras et al. 2024, eqs. (14)–(16), (21)): w(λ)·e^{−u(λ)}, u learned.
 
     The base w(λ) = N(λ; μ, s²)(e^{−λ} + σ_d²)/σ_d² is EDM's in this convention with EDM2's noise distribution
     (ln σ ~ N(P_mean, P_std²) with the pixel-space presets' P_mean = −0.8, P_std = 1.6, i.e. λ = −2 ln σ ~ N(1.6, 3.2²)).
@@ -271,22 +271,22 @@ class EDM2UncertaintyWeighting(EDMWeighting, nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def log_variance(self, logsnr: Tensor) -> Tensor:
-        """u(λ): EDM2's log-variance head on the Fourier features of c_noise = ln σ/4 = −λ/8 (eq. 21)."""
+        """u(λ): EDM2's log-variance head on the Fourier features of c_noise = ln σ/4 = −λ/8 (eq. (21))."""
         c = (-logsnr / 8.0).unsqueeze(-1).to(self.freqs.dtype)
         features = math.sqrt(2.0) * torch.cos(c * self.freqs + self.phases)
         return self.linear(features.to(self.linear.weight.dtype)).squeeze(-1).to(logsnr.dtype)
 
     def objective(self, loss: Tensor, logsnr: Tensor, p_logsnr: Tensor) -> Tensor:
-        """Gradient of L·e^{−u(λ)} + (n(λ)/p(λ))·u(λ), whose E_{λ~p} is EDM2's E_{λ~n}[ℓ e^{−u} + u] (eq. 21).
+        """Gradient of L·e^{−u(λ)} + (n(λ)/p(λ))·u(λ), whose E_{λ~p} is EDM2's E_{λ~n}[ℓ e^{−u} + u] (eq. (21)).
 
         Its value is L·e^{−u}, the loss under the trained weighting w·e^{−u}: the (n/p)·u term enters as
         (n/p)·(u − sg(u)), zero in value, so that ``train/loss`` and the adaptive and learned schedules (which read
-        the per-example loss, eq. 4.130) see a positive weighted loss rather than the u term, which can be negative.
+        the per-example loss, eq. (4.130)) see a positive weighted loss rather than the u term, which can be negative.
         """
         u = self.log_variance(logsnr.detach())
         ratio = torch.exp(_log_normal(logsnr.detach(), self.mean, self.std) - torch.log(p_logsnr.detach()))
         return loss * torch.exp(-u) + ratio * (u - u.detach())
 
     def trained_weight(self, logsnr: Tensor, p_logsnr: Tensor | None = None) -> Tensor:
-        """w(λ)·e^{−u(λ)}: the weighting the network is trained with (eq. 4.123 with eq. 21's rescaling)."""
+        """w(λ)·e^{−u(λ)}: the weighting the network is trained with (eq. (4.123) with eq. (21)'s rescaling)."""
         return self(logsnr, p_logsnr) * torch.exp(-self.log_variance(logsnr))

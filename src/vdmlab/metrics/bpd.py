@@ -140,7 +140,7 @@ class BitsPerDim(Metric):
         return self.stats()["bpd_se"]
 
 
-#: the logged bits/dim terms: the total negative ELBO and its three terms (eq. 3.60)
+#: the logged bits/dim terms: the total negative ELBO and its three terms (eq. (3.60))
 BPD_TERMS = ("bpd", "bpd_diffusion", "bpd_prior", "bpd_reconstruction")
 
 
@@ -157,7 +157,7 @@ def update_bpd(
     terms: tuple[str, ...] = BPD_TERMS,
 ) -> ELBOTerms:
     """One batch of the bits/dim evaluation of ``model``: the negative ELBO per example (``negative_elbo``,
-    eq. 3.60) is added to ``metrics[term]`` for every term of ``terms`` (default: all of ``BPD_TERMS``).
+    eq. (3.60)) is added to ``metrics[term]`` for every term of ``terms`` (default: all of ``BPD_TERMS``).
 
     ``index`` puts the metrics in their DDP-exact index mode, ``example_ids`` (with ``seed``) draws the noise per
     example instead of from ``generator``; ``cond`` (class labels ``[B]``, or None) makes it the bound on
@@ -229,7 +229,7 @@ def evaluate_bpd(
     seed: int | None = None,
     num_classes: int | None = None,
 ) -> dict[str, float]:
-    """The negative ELBO (eq. 3.60) of ``model`` over a dataloader, in bits/dim, with each term and the standard
+    """The negative ELBO (eq. (3.60)) of ``model`` over a dataloader, in bits/dim, with each term and the standard
     error (:class:`LikelihoodMetrics`).
 
     With ``seed`` and ``(index, x)`` batches the noise is drawn per example (``negative_elbo``'s
