@@ -1,6 +1,6 @@
 """benchmarks/run_gpu.sh, the one run that a lent GPU gets: every step names a benchmark script that exists and
 arguments that script accepts, and the steps' time limits fit in one device call (600 s). A typo there would cost
-a whole device session, which no CPU run of the benchmarks would show."""
+a whole GPU run, which no CPU run of the benchmarks would show."""
 
 import importlib
 import shlex
