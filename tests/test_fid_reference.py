@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vdmlab.cache import atomic_save
 from vdmlab.cli.build import build_run
 from vdmlab.cli.validate import ConfigError, validate_config
 from vdmlab.data import DigitsDataModule
@@ -122,7 +123,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning_and_kept_aside(digits, tmp_path
     assert aside.read_bytes() == b"not a torch file" and cache.is_file()  # the old file is not lost
     # a file of the right format but the wrong content (another key) is not used either
     stats = torch.load(cache, weights_only=True)
-    torch.save({**stats, "key": "something-else"}, cache)
+    atomic_save({**stats, "key": "something-else"}, cache)  # with its checksum: only the key is wrong
     with pytest.warns(UserWarning, match="does not match the key"):
         assert F.load_stats(cache, stats["key"]) is None
 

@@ -56,7 +56,7 @@ def interrupted_chain(tmp_path: Path, sig: str, moments: list[str], env: dict | 
         assert result.returncode == 0, f"run {i} ({moment}):\n{result.stderr[-3000:]}"
         if moment:
             assert f"Received {sig}" in outputs[-1] and "Resume this run with" in outputs[-1], outputs[-1][-2000:]
-            assert "test" in moment or f"Interrupted ({sig})" in outputs[-1]  # the callback wrote last.ckpt
+            assert "test" in moment or f"Interrupted by {sig}" in outputs[-1]  # the callback wrote last.ckpt
             printed = outputs[-1].split("Resume this run with")[-1].split()
             run_dir = run_dir or Path(next(a for a in printed if a.startswith("resume_dir=")).split("=", 1)[1])
             assert "ckpt_path=last" in printed

@@ -45,6 +45,11 @@ def test_the_internals_read_by_the_adapter_are_where_it_looks(tmp_path):
     assert [logs for _, _, logs in steps] == [(step + 1) % 2 == 0 for _, step, _ in steps]  # every 2nd step logs
     assert [done for _, done, _ in ends] == [0, 1, 2, 3, 4]  # completed: the running batch counts after its end hooks
     assert [last for _, _, last in ends] == [False, False, False, False, True]
+    checkpoint = compat.dump_checkpoint(trainer)  # what the interrupt callback writes
+    assert checkpoint["global_step"] == 5 and "state_dict" in checkpoint and "loops" in checkpoint
+    assert type(compat.cluster_environment(trainer)).__name__ == "LightningEnvironment"  # SLURMEnvironment under SLURM
+    compat.request_safe_stop(trainer)
+    assert trainer.received_sigterm  # Lightning's own flag for a stop at the next safe point
 
 
 def test_the_csv_writer_internals_the_appending_logger_overrides_exist(tmp_path):

@@ -34,3 +34,18 @@ def batches_done(trainer: L.Trainer) -> int:
 def is_last_batch(trainer: L.Trainer) -> bool:
     """Whether the training batch just run is the epoch's last."""
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def request_safe_stop(trainer: L.Trainer) -> None:
+    """Ask the fit loop to stop at its next safe point, as Lightning does on SIGTERM (``received_sigterm``)."""
+    trainer._signal_connector.received_sigterm = True
+
+
+def dump_checkpoint(trainer: L.Trainer) -> dict:
+    """The full checkpoint dict Lightning would save now (collective under DDP)."""
+    return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+
+def cluster_environment(trainer: L.Trainer):
+    """The trainer's cluster environment (``SLURMEnvironment`` under SLURM)."""
+    return trainer._accelerator_connector.cluster_environment

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vdmlab.cache import atomic_write_bytes
 from vdmlab.checkpoint_io import checkpoint_bytes
+from vdmlab.lightning_compat import cluster_environment, dump_checkpoint, request_safe_stop
 
 log = logging.getLogger("vdmlab")
 
@@ -91,7 +92,7 @@ class CheckpointOnInterrupt(L.Callback):
         self.signal_name = self.signal_name or name
         log.warning("Received %s: stopping at the end of the current step with a checkpoint", name)
         if self._trainer is not None:
-            self._trainer._signal_connector.received_sigterm = True  # Lightning's safe stop
+            request_safe_stop(self._trainer)  # Lightning's safe stop
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Route SIGINT and SIGUSR1 to the safe stop before Lightning registers its own handlers (so that it keeps
@@ -123,13 +124,13 @@ class CheckpointOnInterrupt(L.Callback):
         if isinstance(exception, KeyboardInterrupt) and self.signal_name == "SIGINT":
             return  # a second Ctrl-C: the state may be mid-step; keep the last good checkpoint
         path = self.dirpath / "last.ckpt"
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # collective under DDP
+        checkpoint = dump_checkpoint(trainer)  # collective under DDP
         if trainer.is_global_zero:
             atomic_write_bytes(checkpoint_bytes(interrupted_at_epoch_end(checkpoint)), path)
             self.saved = path
             name = self.signal_name or type(exception).__name__
             resume = self.resume_command or f"python train.py ckpt_path={path}"
-            log.warning("Interrupted (%s) at step %d: saved %s. Resume this run with:\n  %s", name,
+            log.warning("Interrupted by %s at step %d: saved %s. Resume this run with:\n  %s", name,
                         trainer.global_step, path, resume)
             if name == "SIGUSR1":
                 self._requeue(trainer)
@@ -137,7 +138,7 @@ class CheckpointOnInterrupt(L.Callback):
 
     def _requeue(self, trainer: L.Trainer) -> None:
         """``scontrol requeue <job>`` under SLURM with Lightning's ``SLURMEnvironment(auto_requeue=True)``."""
-        environment = trainer._accelerator_connector.cluster_environment
+        environment = cluster_environment(trainer)
         job = slurm_job_id()
         if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and job):
             return

@@ -100,8 +100,10 @@ def validate_config(cfg: DictConfig) -> None:
     errors.extend(_missing(f"module.{key}") for key in sorted(OmegaConf.missing_keys(own)))  # a partial skips them
     attempt("module.", lambda: instantiate(own, _partial_=True)(  # its own arguments, around stand-in objects
         net=nn.Identity(), schedule=None, weighting=None, parameterization=None, num_levels=2, data_shape=(1,)))
-    if isinstance(cfg.module.get("augment"), DictConfig):  # the augmentation alone (its network's labels: at build time)
-        attempt("module.augment.", lambda: check_augment(instantiate(cfg.module.augment)))
+    augment = cfg.module.get("augment")
+    if isinstance(augment, DictConfig):  # the augmentation alone (its network's labels: at build time)
+        augment = attempt("module.augment.", lambda: instantiate(cfg.module.augment))
+    attempt("", lambda: check_augment(augment))  # names module.augment
     optimizer = attempt("module.optimizer.", lambda: _optimizer(cfg.module.optimizer))
     if cfg.module.get("lr_scheduler"):  # (on a stand-in optimizer when the configured one is invalid)
         optimizer = optimizer or torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
