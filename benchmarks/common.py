@@ -168,6 +168,16 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     return markdown([h for _, h, _ in columns], [[cell(r, k, f) for k, _, f in columns] for r in rows])
 
 
+def finish(path: Path, payload: dict[str, Any], columns: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """A benchmark's last step: its rows as a markdown table in ``payload["table"]``, written to ``path`` and printed
+    after the machine's description; returns ``payload``."""
+    payload["table"] = markdown_table(payload["rows"], columns)
+    write_json(path, payload)
+    print(describe(payload["machine"]))
+    print(payload["table"])
+    return payload
+
+
 def output_path(name: str, device: torch.device, args: argparse.Namespace) -> Path:
     if args.out:
         return Path(args.out)

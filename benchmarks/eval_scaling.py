@@ -140,11 +140,7 @@ def main(argv=None) -> dict:
         payload["rows"].append(row)
         common.write_json(out, payload)
         print(row, flush=True)
-    payload["table"] = common.markdown_table(payload["rows"], COLUMNS)
-    common.write_json(out, payload)
-    print(common.describe(payload["machine"]))
-    print(payload["table"])
-    return payload
+    return common.finish(out, payload, COLUMNS)
 
 
 if __name__ == "__main__":

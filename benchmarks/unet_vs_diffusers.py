@@ -253,11 +253,7 @@ def main(argv=None) -> dict:
         payload["vdmlab_fastest"] = best
         if best != "32-true":  # else the 32-true row is already that pairing
             run(best, "32-true")
-    payload["table"] = common.markdown_table(payload["rows"], COLUMNS)
-    common.write_json(out, payload)
-    print(common.describe(payload["machine"]))
-    print(payload["table"])
-    return payload
+    return common.finish(out, payload, COLUMNS)
 
 
 if __name__ == "__main__":
