@@ -66,8 +66,10 @@ class NonFiniteGuard(L.Callback):
             self.good_step = trainer.global_step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.good_path is not None and not self.good_path.exists():
-            self._save_good(trainer)  # the starting weights (fresh or resumed) are the first good state
+        # the starting weights (fresh or resumed) are the first good state; saving is collective under DDP, so rank 0
+        # decides for every rank (each rank looking at the file itself races with rank 0 writing it, and hangs)
+        if trainer.strategy.broadcast(self.good_path is not None and not self.good_path.exists(), src=0):
+            self._save_good(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         bpd = trainer.callback_metrics.get("val/bpd")
