@@ -1,11 +1,13 @@
 """Training throughput (images/s): DiffusionModule under a real ``lightning.Trainer`` against a bare PyTorch loop
 that trains the same network on the same loss, in one process, interleaved, per parameterization.
 
-Both arms: the default run (UNet of conf/model/unet.yaml on 1x8x8 digits, linear schedule, ELBO weighting,
-``diffusion_loss`` with low-discrepancy times, AdamW 1e-3 with linear warm-up, gradient clipping at 1.0, EMA 0.999
-with warm-up). The bare loop is a hand-written ``for`` over the training split held as one tensor on the device;
-the module arm is ``trainer.fit`` with the datamodule of the config (no logger, checkpoints, progress bar or
-validation). Only steady-state steps are timed: from the start of step ``warmup`` to the start of step ``steps``
+Both arms: the default run (UNet of conf/model/unet.yaml on 1x8x8 digits, adaptive schedule, sigmoid weighting,
+``diffusion_loss`` with low-discrepancy times, AdamW with linear warm-up, gradient clipping at 1.0, EMA with warm-up);
+the module also does the default recipe's own extra work (the adaptive schedule's per-step statistic update,
+train/bpd every ``log_every_n_steps``). The bare loop is a hand-written ``for`` over the training split held as one
+tensor on the device; the module arm is ``trainer.fit`` with the datamodule of the config and the non-finite guard
+callback (no logger, checkpoints, progress bar or validation). Only steady-state steps are timed: from the start of
+step ``warmup`` to the start of step ``steps``
 (synchronised), so each timed step includes data loading, forward, backward, clipping, optimizer, LR and EMA.
 
 An ablation (``--ablation``, default on) adds the module's extra per-step work to the bare loop one piece at a
@@ -15,6 +17,11 @@ process's peak RSS). ``--networks cifar`` adds the CIFAR-size UNet (benchmarks/c
 3x32x32 images (no ablation).
 
     python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--batch-sizes 128 1024] [--networks default cifar]
+
+Steps of a few tens of milliseconds on a shared machine vary by +-10 % from run to run, far beyond the gap being
+measured: the ratio is the median of the paired (adjacent, alternating) runs' ratios, reported with a
+distribution-free interval for that median (``common.median_interval``); read a goal against the interval, from
+enough pairs (``--repeats 9 --steps 110``) for it to be a 95 % one.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks import common
+from vdmlab.callbacks.nonfinite import NonFiniteGuard
 from vdmlab.data.device import DeviceBatches
 from vdmlab.diffusion.likelihood import bits_per_dim
 from vdmlab.diffusion.losses import diffusion_loss, low_discrepancy_times
@@ -142,7 +150,9 @@ class StepTimer(Callback):
 def lightning_run(built: common.Built, device: torch.device, steps: int, warmup: int, precision: str = "32-true") -> dict:
     """``trainer.fit`` of the DiffusionModule for ``steps + 1`` steps; seconds of the steps [warmup, steps)."""
     timer = StepTimer(warmup, steps, device)
-    trainer = common.make_trainer(device, max_steps=steps + 1, precision=precision, callbacks=[timer])
+    # the non-finite guard runs in every ``python train.py`` (its good.ckpt needs validation, which is off here)
+    guard = NonFiniteGuard(dirpath=None)
+    trainer = common.make_trainer(device, max_steps=steps + 1, precision=precision, callbacks=[timer, guard])
     common.reset_peak_memory(device)
     start = time.perf_counter()
     trainer.fit(built.module, datamodule=built.datamodule)
@@ -183,6 +193,8 @@ def measure(args, device, batch_size: int, network: str = "default") -> dict:
             "on_device": runs[p]["on_device"],
             "bare_images_per_s": common.median(bare), "lightning_images_per_s": common.median(lit),
             "ratio": common.median(l / b for l, b in zip(lit, bare)),
+            **dict(zip(("ratio_low", "ratio_high", "ratio_coverage"),
+                       common.median_interval(l / b for l, b in zip(lit, bare)))),
             "bare_runs": bare, "lightning_runs": lit,
             "bare_final_loss": runs[p]["bare_loss"], "lightning_final_loss": runs[p]["lightning_loss"],
         })
@@ -218,6 +230,8 @@ def report(payload: dict) -> str:
         ("network", "network", ""), ("batch_size", "batch", ""), ("parameterization", "parameterization", ""),
         ("bare_images_per_s", "bare loop (img/s)", "{:,.0f}"),
         ("lightning_images_per_s", "DiffusionModule + Trainer (img/s)", "{:,.0f}"), ("ratio", "ratio", "{:.2f}"),
+        ("ratio_low", "ratio interval (low)", "{:.2f}"), ("ratio_high", "ratio interval (high)", "{:.2f}"),
+        ("ratio_coverage", "interval coverage", "{:.0%}"),
         ("bare_peak_mib", f"bare {memory}", "{:,.0f}"), ("lightning_peak_mib", f"module {memory}", "{:,.0f}")])]
     for b, cost in payload["energy_cost"].items():
         out.append(f"\nenergy vs eps at batch {b}: {cost['bare']:.2f}x the time per image in the bare loop, "

@@ -64,7 +64,7 @@ def test_python_mirror_builds_the_composed_configs_run(kwargs):
         assert getattr(mh, attr) == getattr(mp, attr), attr
     assert (mh.ema.decay, mh.ema.warmup) == (mp.ema.decay, mp.ema.warmup)
     assert (mh._train_net is mh.net) and (mp._train_net is mp.net)
-    assert mh.time_sampler.func is mp.time_sampler.func and mh.time_sampler.keywords == mp.time_sampler.keywords
+    assert mh.time_sampler is mp.time_sampler
     assert mh.sampler.fn.func is mp.sampler.fn.func
     assert {k: v for k, v in vars(mh.sampler).items() if k != "fn"} == {k: v for k, v in vars(mp.sampler).items() if k != "fn"}
     opt_h, opt_p = (m.optimizer_factory(params=list(m.net.parameters())) for m in (mh, mp))
@@ -206,3 +206,22 @@ def test_compile_with_inductor_trains_with_a_finite_loss_on_cpu():
     built = common.build_python(batch_size=8, width=16, compile=True)
     run = train_throughput.lightning_run(built, torch.device("cpu"), steps=2, warmup=1)
     assert all(math.isfinite(v) for v in run["losses"])
+
+
+@pytest.mark.parametrize("n", [1, 5, 9, 15, 40])
+def test_median_interval_is_the_binomial_order_statistic_interval(n):
+    """(x_(k), x_(n+1-k)) covers the median with probability 1 - 2·P(Bin(n, ½) < k); k is the largest with >= 95 %."""
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n)).tolist()
+    low, high, coverage = common.median_interval(values)
+    xs = sorted(values)
+    k = xs.index(low) + 1
+    assert high == xs[n - k]
+    assert low <= common.median(values) <= high
+    below = lambda j: sum(math.comb(n, i) for i in range(j)) / 2 ** n  # noqa: E731
+    assert coverage == pytest.approx(1 - 2 * below(k))
+    if coverage >= 0.95 and k + 1 <= (n + 1) // 2:
+        assert 1 - 2 * below(k + 1) < 0.95  # k is the largest that keeps 95 %
+    if n >= 6:
+        assert coverage >= 0.95
+    else:  # too few values for 95 %: the whole range and the coverage it has
+        assert (low, high) == (xs[0], xs[-1]) and coverage < 0.95

@@ -99,3 +99,18 @@ def test_bf16_mixed_trains_and_evaluates_with_float32_losses():
         assert terms.loss.dtype == terms.mse.dtype == torch.float32
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     assert math.isfinite(metrics["val/bpd"]) and 0 < metrics["val/bpd"] < 20
+
+
+@pytest.mark.parametrize("path", ["vdmlab.diffusion.losses.low_discrepancy_times", "vdmlab.diffusion.losses.iid_times"])
+def test_the_configured_time_sampler_is_the_function_itself(make_config, path):
+    """It is called every training step: a Hydra ``_partial_`` would re-run Hydra's target checks on each call
+    (a measurable share of a GPU step), so the config hands the module the function itself."""
+    from hydra.utils import instantiate
+
+    from vdmlab.diffusion import losses
+
+    cfg = make_config([f"module.time_sampler.path={path}"])
+    sampler = instantiate(cfg.module.time_sampler)
+    assert sampler is getattr(losses, path.rsplit(".", 1)[1])
+    t = sampler(64, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    assert t.shape == (64,) and bool(((t >= 0) & (t <= 1)).all())
