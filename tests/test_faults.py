@@ -243,3 +243,23 @@ def test_a_divergence_keeps_good_weights_and_its_advice_resumes_from_them(tmp_pa
     assert state["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 1000.0  # the advised rate was used
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert largest(state) < largest(last)  # trained on from the good weights, not the exploded ones
+
+
+def test_a_run_stored_in_an_earlier_spelling_resumes_and_a_real_change_is_still_refused(make_config):
+    """Checkpoints written before the time sampler became ``hydra.utils.get_method`` stored it as a Hydra partial, and
+    before augmentation labels existed stored no ``model.augment_dim``: the same function and no labels, so resuming
+    them is not refused; another function still is."""
+    from omegaconf import OmegaConf
+
+    from vdmlab.cli.checkpoints import config_differences
+
+    requested = OmegaConf.to_container(make_config(), resolve=False)
+    requested.pop("hydra", None)
+    stored = {**requested, "module": {**requested["module"], "time_sampler": {
+        "_target_": "vdmlab.diffusion.losses.low_discrepancy_times", "_partial_": True}}}
+    stored["model"] = {k: v for k, v in requested["model"].items() if k != "augment_dim"}  # before augmentation labels
+    assert config_differences(stored, requested) == ([], [])
+    stored["module"]["time_sampler"]["_target_"] = "vdmlab.diffusion.losses.iid_times"
+    refused, _ = config_differences(stored, requested)
+    assert refused == ["module.time_sampler.path: 'vdmlab.diffusion.losses.iid_times' -> "
+                       "'vdmlab.diffusion.losses.low_discrepancy_times'"]

@@ -111,11 +111,27 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def current_spelling(stored: dict) -> dict:
+    """A stored config with options that earlier versions spelled differently rewritten to today's spelling of the
+    same thing, so that resuming an older run is not refused for a change of spelling: the time sampler stored as a
+    Hydra partial of a function (``{_target_: f, _partial_: true}``) is today ``hydra.utils.get_method`` of ``f``,
+    and a UNet stored before augmentation labels existed had none (``model.augment_dim: 0``)."""
+    stored = dict(stored)
+    sampler = (stored.get("module") or {}).get("time_sampler")
+    if isinstance(sampler, dict) and set(sampler) == {"_target_", "_partial_"} and sampler["_partial_"] is True:
+        time_sampler = {"_target_": "hydra.utils.get_method", "path": sampler["_target_"]}
+        stored["module"] = {**stored["module"], "time_sampler": time_sampler}
+    model = stored.get("model")
+    if isinstance(model, dict) and str(model.get("_target_", "")).endswith(".UNet") and "augment_dim" not in model:
+        stored["model"] = {**model, "augment_dim": 0}
+    return stored
+
+
 def config_differences(stored: dict, requested: dict) -> tuple[list[str], list[str]]:
     """``(refused, allowed)``: the ``key: stored -> requested`` lines of the options that differ, split into those
     that change the model or the objective (:data:`MODEL_KEYS`) and the harmless rest (epochs, loggers, FID ...).
-    A key absent on one side counts as null there."""
-    a, b = flatten(stored), flatten(requested)
+    A key absent on one side counts as null there; the stored side is read in today's spelling (:func:`current_spelling`)."""
+    a, b = flatten(current_spelling(stored)), flatten(requested)
     refused, allowed = [], []
     for key in sorted(set(a) | set(b)):
         old, new = a.get(key), b.get(key)
