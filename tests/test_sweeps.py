@@ -275,3 +275,18 @@ def test_seed_groups_of_one_weighting_are_told_apart_by_their_other_overrides(tm
     shared = set.intersection(*(set(g.overrides) for g in groups))
     assert [group_label(g, shared) for g in groups] == ["elbo schedule=linear (n=2)", "elbo schedule=learned (n=2)"]
     assert compare(tmp_path)["val_bpd"].stat().st_size > 0  # one mean curve with its band per group
+
+
+def test_a_folder_of_links_to_runs_of_several_sweeps_is_compared_and_a_link_cycle_ends(tmp_path):
+    from vdmlab.analysis.compare import find_runs
+
+    write_run(tmp_path / "sweep_a" / "0", "sigmoid", [{"epoch": 0, "step": 5, "val/bpd": 2.5}], ["weighting.bias=2", "seed=0"])
+    write_run(tmp_path / "sweep_b" / "3", "elbo", [{"epoch": 0, "step": 5, "val/bpd": 2.1}], ["weighting=elbo", "seed=0"])
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "0").symlink_to(tmp_path / "sweep_a" / "0", target_is_directory=True)
+    (both / "1").symlink_to(tmp_path / "sweep_b" / "3", target_is_directory=True)
+    (both / "1" / "loop").symlink_to(both, target_is_directory=True)  # a cycle: both/1/loop/1/loop/...
+    runs = find_runs(both)
+    assert [r.run for r in runs] == ["0", "1"]
+    assert "weighting=elbo" in compare(both)["markdown"].read_text()

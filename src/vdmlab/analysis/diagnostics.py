@@ -28,6 +28,7 @@ import yaml
 
 from vdmlab.analysis.paired import PairedDifference, paired_over_examples, paired_over_seeds, read_per_example
 from vdmlab.analysis.report import figure, markdown_table, save_figure
+from vdmlab.analysis.runs import run_dirs
 
 DIAGNOSTICS_DIR = "diagnostics"
 PAIRED_COLUMN = "bpd_profile"  # per-example bits/dim paired: the ELBO with the profile's λ-stratified diffusion term
@@ -104,12 +105,11 @@ def diagnose(sweep_dir: str | Path, *, num_bins: int = 16, draws_per_bin: int = 
     from vdmlab.metrics.profile import evaluate_profile
 
     sweep_dir = Path(sweep_dir)
-    run_dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")
-                       if (p.parent.parent / "checkpoints" / "last.ckpt").is_file()})
-    nodes, _ = sweep_weightings(run_dirs)
+    runs = sorted(d for d in run_dirs(sweep_dir) if (d / "checkpoints" / "last.ckpt").is_file())
+    nodes, _ = sweep_weightings(runs)
     scored = {label: instantiate(node) for label, node in nodes.items()}
     written = []
-    for d in run_dirs:
+    for d in runs:
         out = d / DIAGNOSTICS_DIR
         done = (out / "profile.json").is_file() and (copying_samples == 0 or (out / "copying.json").is_file())
         if done:  # scored under every weighting of the sweep as it is now (a sweep that grew since is rescored)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,9 +141,25 @@ CONDITIONAL_NOTE = ("class-conditional runs (marked *): val/bpd and test/bpd are
                     "unconditional runs.")
 
 
+def run_dirs(root: Path) -> set[Path]:
+    """The folders below ``root`` that hold ``.hydra/config.yaml``, following links (a comparison folder may be links
+    to runs of several sweeps), each real folder visited once, so that a link cycle ends."""
+    found, seen = set(), set()
+    for folder, subfolders, _ in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        if os.path.isfile(os.path.join(folder, ".hydra", "config.yaml")):
+            found.add(Path(folder))
+    return found
+
+
 def find_runs(sweep_dir: Path) -> list[RunSummary]:
-    """Every run below ``sweep_dir`` (a multirun folder, a single run, or a folder of either), in job order."""
-    dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")},
+    """Every run below ``sweep_dir`` (a multirun folder, a single run, or a folder of either or of links to runs),
+    in job order."""
+    dirs = sorted(run_dirs(sweep_dir),
                   key=lambda d: [int(part) if part.isdigit() else part for part in d.relative_to(sweep_dir).parts])
     return [read_run(d, str(d.relative_to(sweep_dir)) if d != sweep_dir else d.name) for d in dirs]
 
