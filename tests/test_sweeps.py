@@ -290,3 +290,18 @@ def test_a_folder_of_links_to_runs_of_several_sweeps_is_compared_and_a_link_cycl
     runs = find_runs(both)
     assert [r.run for r in runs] == ["0", "1"]
     assert "weighting=elbo" in compare(both)["markdown"].read_text()
+
+
+def test_a_group_is_named_by_what_it_learned_not_by_how_it_ran(tmp_path):
+    from vdmlab.analysis.compare import find_runs, group_by_seed, group_label
+    from vdmlab.analysis.runs import shared_overrides
+
+    for job, (bias, seed) in enumerate(((0, 0), (0, 1), (4, 0), (4, 1))):
+        extra = ["threads=1"] if bias == 4 else ["logger=csv", "hydra/launcher=joblib"]
+        write_run(tmp_path / str(job), "sigmoid", [{"epoch": 0, "step": 5, "val/bpd": 2.5}],
+                  [f"seed={seed}", f"weighting.bias={bias}", *extra])
+        config = yaml.safe_load((tmp_path / str(job) / ".hydra" / "config.yaml").read_text())
+        (tmp_path / str(job) / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+    groups = group_by_seed(find_runs(tmp_path))
+    assert [group_label(g, shared_overrides(groups)) for g in groups] == [
+        "sigmoid weighting.bias=0 (n=2)", "sigmoid weighting.bias=4 (n=2)"]

@@ -196,9 +196,14 @@ def fid_vs_bpd_figure(runs: list[RunSummary], groups: list[SeedGroup] | None = N
     return fig
 
 
+#: overrides that say how a run was executed, not what it learned: never part of a group's name
+RUNTIME_OVERRIDES = ("threads=", "logger=", "hydra", "paths.", "ckpt_path=", "resume_dir=", "resume_check=", "device=")
+
+
 def group_label(group: SeedGroup, shared: set[str]) -> str:
-    """A seed group's name in plots: its weighting and the overrides that set it apart from the other groups."""
-    rest = [o for o in group.overrides if o not in shared and not o.startswith("weighting=")]
+    """A seed group's name in plots: its weighting and the overrides that set it apart from the other groups (other
+    than how it was run: threads, logger, launcher, paths)."""
+    rest = [o for o in group.overrides if o not in shared and not o.startswith(("weighting=", *RUNTIME_OVERRIDES))]
     return " ".join([group.weighting, *rest]) + f" (n={len(group.runs)})"
 
 
