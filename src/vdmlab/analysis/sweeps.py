@@ -62,11 +62,18 @@ class SeedGroup:
         return counts.pop() if len(counts) == 1 else None
 
 
+#: overrides that say how a run was executed or what was saved beside it, not what it learned: runs that differ only
+#: in these (and the seed) are seeds of one group, and a group is never named by them
+RUNTIME_OVERRIDES = ("threads=", "logger=", "hydra", "paths.", "ckpt_path=", "resume_dir=", "resume_check=", "device=",
+                     "callbacks.", "+callbacks.", "~callbacks")
+
+
 def group_by_seed(runs: list[RunSummary]) -> list[SeedGroup]:
-    """Runs grouped by everything but the seed (their weighting and their other overrides), in first-run order."""
+    """Runs grouped by everything but the seed and :data:`RUNTIME_OVERRIDES` (their weighting and their other
+    overrides), in first-run order."""
     groups: dict[tuple, SeedGroup] = {}
     for r in runs:
-        rest = tuple(sorted(o for o in r.overrides if not is_seed_override(o)))
+        rest = tuple(sorted(o for o in r.overrides if not is_seed_override(o) and not o.startswith(RUNTIME_OVERRIDES)))
         key = (r.weighting, rest)
         groups.setdefault(key, SeedGroup(r.weighting, r.monotonic, rest, [])).runs.append(r)
     return list(groups.values())
@@ -196,14 +203,10 @@ def fid_vs_bpd_figure(runs: list[RunSummary], groups: list[SeedGroup] | None = N
     return fig
 
 
-#: overrides that say how a run was executed, not what it learned: never part of a group's name
-RUNTIME_OVERRIDES = ("threads=", "logger=", "hydra", "paths.", "ckpt_path=", "resume_dir=", "resume_check=", "device=")
-
-
 def group_label(group: SeedGroup, shared: set[str]) -> str:
-    """A seed group's name in plots: its weighting and the overrides that set it apart from the other groups (other
-    than how it was run: threads, logger, launcher, paths)."""
-    rest = [o for o in group.overrides if o not in shared and not o.startswith(("weighting=", *RUNTIME_OVERRIDES))]
+    """A seed group's name in plots: its weighting and the overrides that set it apart from the other groups (never
+    how it was run: its overrides leave out :data:`RUNTIME_OVERRIDES`)."""
+    rest = [o for o in group.overrides if o not in shared and not o.startswith("weighting=")]
     return " ".join([group.weighting, *rest]) + f" (n={len(group.runs)})"
 
 
