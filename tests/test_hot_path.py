@@ -114,3 +114,15 @@ def test_the_configured_time_sampler_is_the_function_itself(make_config, path):
     assert sampler is getattr(losses, path.rsplit(".", 1)[1])
     t = sampler(64, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert t.shape == (64,) and bool(((t >= 0) & (t <= 1)).all())
+
+
+@pytest.mark.parametrize("path,reason", [
+    ("vdmlab.diffusion.losses.no_such_sampler", "not an importable function"),
+    ("vdmlab.diffusion.likelihood.bits_per_dim", "sampler(batch, generator=..., device=...)"),
+])
+def test_a_time_sampler_that_is_not_one_is_named_before_training(make_config, path, reason):
+    from vdmlab.cli.validate import ConfigError, validate_config
+
+    with pytest.raises(ConfigError) as error:
+        validate_config(make_config([f"module.time_sampler.path={path}"]))
+    assert f"module.time_sampler.path='{path}' is invalid: " in str(error.value) and reason in str(error.value)

@@ -69,6 +69,27 @@ def _optimizer(node: DictConfig) -> torch.optim.Optimizer:
     return instantiate(node)(params=[torch.zeros(1, requires_grad=True)])
 
 
+def _time_sampler(node: DictConfig) -> Callable:
+    """The configured time sampler, tried once: ``sampler(B, generator=, device=)`` must give B times in [0, 1];
+    a ``path`` (``hydra.utils.get_method``) that is not an importable function is named as such."""
+    path = node.get("path")
+    try:
+        sampler = instantiate(node)
+    except Exception as error:  # noqa: BLE001 - Hydra wraps the import error
+        if path is None:
+            raise
+        raise ParameterError("path", path, "not an importable function, e.g. vdmlab.diffusion.losses.iid_times") from error
+    name, value = ("path", path) if path is not None else ("_target_", node.get("_target_"))
+    reason = "a time sampler is called as sampler(batch, generator=..., device=...) and returns [batch] times in [0, 1]"
+    try:
+        t = sampler(4, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    except TypeError as error:
+        raise ParameterError(name, value, f"{reason} ({error})") from error
+    if not (torch.is_tensor(t) and tuple(t.shape) == (4,) and bool(((t >= 0) & (t <= 1)).all())):
+        raise ParameterError(name, value, reason)
+    return sampler
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value of ``cfg`` (one per object: its first bad argument)."""
     errors: list[str] = []
@@ -109,7 +130,7 @@ def validate_config(cfg: DictConfig) -> None:
         optimizer = optimizer or torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
         attempt("module.lr_scheduler.", lambda: instantiate(cfg.module.lr_scheduler)(optimizer))
     if cfg.module.get("time_sampler"):
-        attempt("module.time_sampler.", lambda: instantiate(cfg.module.time_sampler))
+        attempt("module.time_sampler.", lambda: _time_sampler(cfg.module.time_sampler))
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
