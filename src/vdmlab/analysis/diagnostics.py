@@ -71,10 +71,10 @@ def weighting_label(node: Mapping, choice: str, varying: set[str] = frozenset())
     return f"{choice}({','.join(params)})" if params else choice
 
 
-def sweep_weightings(run_dirs: list[Path]) -> tuple[dict[str, dict], dict[Path, str]]:
-    """The distinct weighting configs of the sweep's runs as ``{label: node}``, and each run's label."""
+def sweep_weightings(runs: list[Path]) -> tuple[dict[str, dict], dict[Path, str]]:
+    """The distinct weighting configs of the sweep's run folders as ``{label: node}``, and each run's label."""
     nodes: dict[Path, tuple[str, dict]] = {}
-    for d in run_dirs:
+    for d in runs:
         config = yaml.safe_load((d / ".hydra" / "config.yaml").read_text()) or {}
         hydra_file = d / ".hydra" / "hydra.yaml"
         hydra = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}) if hydra_file.is_file() else {}
