@@ -8,7 +8,10 @@ from vdmlab.cli.evaluate import run
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except KeyboardInterrupt:  # what was kept and how to resume is said where it happened
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

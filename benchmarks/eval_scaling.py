@@ -116,9 +116,10 @@ def main(argv=None) -> dict:
     p.add_argument("--subset", type=int, default=10000, help="fid.metrics_subset: features kept for KID and P/R")
     p.add_argument("--samples", nargs="+", default=["network"], choices=("network", "synthetic"),
                    help="FID rows: samples of the network, and/or random levels without a network (the pipeline's cost)")
-    p.add_argument("--network-sizes", nargs="+", type=int, default=None,
-                   help="N of the rows with network samples (default: --sizes)")
-    p.add_argument("--bpd-sizes", nargs="+", type=int, default=None, help="N of the bits/dim rows (default: --sizes)")
+    p.add_argument("--network-sizes", nargs="*", type=int, default=None,
+                   help="N of the rows with network samples (default: --sizes; none: no such rows)")
+    p.add_argument("--bpd-sizes", nargs="*", type=int, default=None,
+                   help="N of the bits/dim rows (default: --sizes; none: no bits/dim rows)")
     args = p.parse_args(argv)
     if args.threads is None and args.device == "cpu":
         args.threads = 1
@@ -132,8 +133,9 @@ def main(argv=None) -> dict:
                "rows": []}
     out = common.output_path(NAME, device, args)
     jobs = [(fid_at, n, steps, batch, subset, device.type, args.threads, kind) for kind in args.samples
-            for n in (sizes if kind == "synthetic" or args.quick else args.network_sizes or sizes)]
-    jobs += [(bpd_at, n, batch, device.type, args.threads) for n in (sizes if args.quick else args.bpd_sizes or sizes)]
+            for n in (sizes if kind == "synthetic" or args.quick or args.network_sizes is None else args.network_sizes)]
+    jobs += [(bpd_at, n, batch, device.type, args.threads)
+             for n in (sizes if args.quick or args.bpd_sizes is None else args.bpd_sizes)]
     for fn, n, *fn_args in jobs:
         row = memory.in_fresh_process(fn, n, *fn_args)
         row.setdefault("n", n)

@@ -231,7 +231,8 @@ def main(argv=None) -> dict:
         row = {"option": option_a if option_a == option_b else f"vdmlab {option_a} / diffusers {option_b}",
                "vdmlab_arm": option_a, "diffusers_arm": option_b, "batch": batch, "pairs": pairs,
                "vdmlab_s": result["median_s"]["vdmlab"], "diffusers_s": result["median_s"]["diffusers"],
-               "ratio": result["ratio"], "ratios": result["ratios"], "times": result["times"],
+               "ratio": result["ratio"], "ratio_interval": list(common.median_interval(result["ratios"])),
+               "ratios": result["ratios"], "times": result["times"],
                "warmup_s": result["warmup_s"]}
         row["vdmlab_peak_mib"] = memory("vdmlab", option_a, steps["vdmlab"])
         row["diffusers_peak_mib"] = memory("diffusers", option_b, steps["diffusers"])

@@ -42,7 +42,7 @@ def test_levels_round_trip_the_k_level_grid():
 
 
 # ------------------------------------------------------------------ resume
-def test_interrupted_sampling_resumes_to_the_uninterrupted_fid(metric, tmp_path):
+def test_interrupted_sampling_resumes_to_the_uninterrupted_fid(metric, tmp_path, capsys):
     sample = noise_sampler()
     whole = FS.sharded_sample_fid(metric, sample, 230, 40, 17, seed=5)  # in memory only: nothing written
     calls = []
@@ -56,6 +56,8 @@ def test_interrupted_sampling_resumes_to_the_uninterrupted_fid(metric, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         FS.sharded_sample_fid(metric, interrupted, 230, 40, 17, seed=5, folder=tmp_path)
     assert FS.stored_batches(tmp_path, 0) == [0, 1, 2]  # written the moment they were made
+    said = capsys.readouterr().err  # what was kept, where, and how to go on
+    assert "3 of 6 batches" in said and str(tmp_path / "repeat0") in said and "rerun the same command" in said
     assert not list((tmp_path / "repeat0").glob(".*"))  # no temporary file left behind
     calls.clear()
     resumed = FS.sharded_sample_fid(metric, interrupted, 230, 40, 17, seed=5, folder=tmp_path)
@@ -64,6 +66,16 @@ def test_interrupted_sampling_resumes_to_the_uninterrupted_fid(metric, tmp_path)
     assert resumed["fid"] == pytest.approx(whole["fid"], rel=1e-12)
     stored = np.concatenate([np.load(FS.batch_path(tmp_path, 0, b)) for b in range(6)])
     assert stored.shape == (230, 1, 8, 8) and stored.dtype == np.uint8 and stored.max() <= 16
+
+
+def test_an_interruption_without_a_folder_says_how_to_keep_the_samples(metric, capsys):
+    def interrupted(n, generator):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        FS.sharded_sample_fid(metric, interrupted, 100, 40, 17, seed=1)
+    said = capsys.readouterr().err
+    assert "not kept" in said and "fid.samples_dir=" in said
 
 
 def test_a_truncated_batch_file_is_sampled_again(metric, tmp_path):

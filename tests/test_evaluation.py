@@ -3,8 +3,11 @@ eval.py / sample.py commands on a checkpoint made by a short real training run."
 
 import json
 import math
+import re
+import signal
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -90,6 +93,34 @@ def test_eval_py_and_sample_py_run_on_the_checkpoint(trained, tmp_path):
     assert metrics["class_max_min"] >= 1 and 0 <= metrics["class_chi2_p"] <= 1
     assert sum(metrics[f"nn_class_{c}"] for c in range(10)) == 16  # and by the nearest training image's label
     assert 0 <= metrics["nn_class_chi2_p"] <= 1
+
+
+def test_eval_py_interrupted_while_sampling_exits_cleanly_and_resumes(trained, tmp_path):
+    """Ctrl-C during FID sampling: exit status 130, no traceback, the batches made so far kept; the same command
+    then samples only the missing batches and gives the FID of an uninterrupted run."""
+    samples = tmp_path / "samples"
+    command = [sys.executable, "eval.py", f"ckpt_path={trained}", "fid.num_samples=400", "fid.batch_size=20",
+               "fid.steps=20", "fid.floor=false", "profile=null", "copying=null", f"fid.samples_dir={samples}",
+               f"paths.log_dir={tmp_path}"]
+    job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(samples.glob("repeat0/batch*.npy"))) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "rerun the same command" in err
+    kept = len(list(samples.glob("repeat0/batch*.npy")))
+    assert 2 <= kept < 20
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads(max(tmp_path.glob("eval/runs/*/metrics.json"), key=lambda p: p.stat().st_mtime).read_text())
+    reused = re.search(r"repeat 0: (\d+) batches reused", result.stdout + result.stderr)
+    assert reused and int(reused.group(1)) >= kept and resumed["test/fid_n"] == 400
+    whole = evaluate.run(eval_config(tmp_path / "whole", trained, ["fid.num_samples=400", "fid.batch_size=20",
+                                                                   "fid.steps=20", "fid.floor=false", "profile=null",
+                                                                   "copying=null"]))
+    assert resumed["test/fid"] == pytest.approx(whole["test/fid"], rel=1e-9)
 
 
 class SevenValDigits(DigitsDataModule):

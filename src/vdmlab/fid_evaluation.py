@@ -3,12 +3,14 @@ DiffusionModule's EMA samples (the options: :class:`vdmlab.options.FIDOptions`, 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from vdmlab.metrics.fid import FIDMetric, sample_fid, split_fid
+from vdmlab.metrics.fid import FIDMetric, split_fid
+from vdmlab.metrics.fid_samples import sharded_sample_fid
 from vdmlab.options import FIDOptions
 
 if TYPE_CHECKING:
@@ -40,23 +42,35 @@ class FIDEvaluation(nn.Module):
         """FID of ``num_samples`` EMA samples against the ``stage`` split, with its sample count (collective)."""
         metric, options = self.metrics[stage], self.options
         return split_fid(metric, module.trainer.datamodule, stage,
-                         lambda r: compute_fid(module, metric, options.num_samples, options.steps, options.batch_size, r),
+                         lambda r: without_loaded(compute_fid(module, metric, options.num_samples, options.steps,
+                                                              options.batch_size, r)),
                          options.stats_dir, options.repeats, options.floor, options.batch_size, module.seed)
 
 
 @torch.no_grad()
 def compute_fid(module: DiffusionModule, metric: FIDMetric, num_samples: int, steps: int, batch_size: int = 500,
-                repeat: int = 0) -> dict[str, float]:
+                repeat: int = 0, folder: str | os.PathLike | None = None) -> dict[str, float]:
     """Feed this rank's share of ``num_samples`` fresh EMA samples of ``module`` (sample seed ``repeat``) to
-    ``metric`` and compute FID (collective).
+    ``metric`` and compute FID (collective). Batch b of the samples is drawn with its own seed, whatever the number
+    of ranks; with a ``folder`` each batch is written there as it is made and a rerun reuses them
+    (:mod:`vdmlab.metrics.fid_samples`; the result's ``fid_batches_loaded`` counts the reused batches).
 
     A conditional model draws every class equally often (sample i gets label i mod C) with the sampler's guidance;
     on the digits the result also holds ``class_acc``, the fraction of samples that the shipped digits classifier
     assigns to the label they were drawn for.
     """
-    generator = module.noise.fid(module.global_rank, repeat, module.device)
-    if module.num_classes is None:
-        return sample_fid(metric, lambda n: module.sample(n, steps=steps, generator=generator), num_samples, batch_size)
-    return sample_fid(metric, lambda n, y: module.sample(n, steps=steps, generator=generator, labels=y),
-                      num_samples, batch_size, labels=lambda indices: module.labels.balanced(indices, module.device),
-                      classifier=getattr(metric.extractor, "classifier", None))
+    def sample(n, generator, y=None):
+        return module.sample(n, steps=steps, generator=generator, labels=y)
+
+    conditional = module.num_classes is not None
+    return sharded_sample_fid(metric, sample, num_samples, batch_size, module.num_levels, int(module.seed), repeat,
+                              folder,
+                              labels=(lambda indices: module.labels.balanced(indices, module.device)) if conditional
+                              else None,
+                              classifier=getattr(metric.extractor, "classifier", None) if conditional else None)
+
+
+def without_loaded(values: dict[str, float]) -> dict[str, float]:
+    """FID values without the count of batches read from disk (always 0 during training: nothing is stored)."""
+    values.pop("fid_batches_loaded", None)
+    return values

@@ -56,11 +56,6 @@ class NoiseStreams:
         """Noise for the logging-only train/bpd terms of optimizer step ``step``, apart from the training noise."""
         return torch.Generator(device=device).manual_seed(self.seed + seeds.LOG_STEP_STRIDE * (step + 1))
 
-    def fid(self, rank: int, repeat: int, device: torch.device) -> torch.Generator:
-        """Noise of this rank's share of the FID samples of sample seed ``repeat``."""
-        return torch.Generator(device=device).manual_seed(
-            self.seed + seeds.FID_RANK_STRIDE * rank + 1 + seeds.FID_REPEAT_STRIDE * repeat)
-
 
 class StepTimes:
     """Diffusion times of the micro-batches of one optimizer step: with k micro-batches per step the time sampler

@@ -16,12 +16,10 @@ EVAL_BATCH_STRIDE = 104_729
 EVAL_RANK_STRIDE = 15_485_863
 # (per-example evaluation noise needs no offset: the counter-based generator keys each stream by (seed, draw)
 #  and counts examples by their dataset index, vdmlab.diffusion.noise)
-#: FID samples: ``seed + FID_RANK_STRIDE·rank + 1``, each rank its own share of the samples
-FID_RANK_STRIDE = 31
 #: FID sample seeds of the repeats (``fid.repeats``): ``+ FID_REPEAT_STRIDE·repeat``
 FID_REPEAT_STRIDE = 7_919
-#: FID samples made in batches written to disk (``fid.samples_dir``): batch b of repeat r draws with
-#: ``seed + 1 + FID_REPEAT_STRIDE·r + FID_BATCH_STRIDE·b``, whichever rank makes it
+#: FID samples are made in batches: batch b of repeat r draws with ``seed + 1 + FID_REPEAT_STRIDE·r +
+#: FID_BATCH_STRIDE·b``, whichever rank makes it and whether or not it is written to disk (``fid.samples_dir``)
 FID_BATCH_STRIDE = 1_000_033
 #: ODE likelihood, per-example rows of the counter-based generator: Hutchinson probes ``id·P + p + ODE_PROBE_STRIDE·(seed + 1)``
 ODE_PROBE_STRIDE = 7_000_003

@@ -25,7 +25,6 @@ from vdmlab.fid_evaluation import compute_fid
 from vdmlab.loggers import capture_warnings, finish_loggers
 from vdmlab.metrics.bpd import evaluate_bpd
 from vdmlab.metrics.fid import FIDMetric, build_extractor, fid_feature, split_fid
-from vdmlab.metrics.fid_samples import sharded_sample_fid
 from vdmlab.metrics.ode_bpd import evaluate_ode_bpd
 from vdmlab.metrics.sample_metrics import RecordingExtractor, sample_metrics
 
@@ -56,10 +55,11 @@ def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.
     real, fake = recorder.take(), []
 
     def fake_fid(repeat: int) -> dict[str, float]:
-        if cfg.get("samples_dir"):  # batches written as they are made, reused on a rerun
-            values = sharded_fid(module, metric, cfg, repeat)
-        else:
-            values = compute_fid(module, metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat)
+        values = compute_fid(module, metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat,
+                             folder=cfg.get("samples_dir"))  # with a folder: batches written as made, reused on a rerun
+        loaded = values.pop("fid_batches_loaded")
+        if cfg.get("samples_dir"):
+            log.info("FID samples of repeat %d: %d batches reused from %s", repeat, loaded, cfg.samples_dir)
         fake.append(recorder.take())  # this repeat's sample features
         return values
 
@@ -70,21 +70,6 @@ def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.
     recorder.take()  # the floor's train images
     extra = sample_metrics(real, fake[0], recorder.extractor, k=int(cfg.pr_k), kid_blocks=int(cfg.kid_blocks), seed=0)
     return {**values, "fid_seconds": seconds, **extra}
-
-
-def sharded_fid(module, metric: FIDMetric, cfg: DictConfig, repeat: int) -> dict[str, float]:
-    """``module``'s EMA samples for FID made batch by batch into ``cfg.samples_dir`` (metrics/fid_samples.py)."""
-    def sample(n, generator, y=None):
-        return module.sample(n, steps=int(cfg.steps), generator=generator, labels=y)
-
-    conditional = module.num_classes is not None
-    values = sharded_sample_fid(metric, sample, int(cfg.num_samples), int(cfg.batch_size), module.num_levels,
-                                int(module.seed), repeat, cfg.samples_dir,
-                                labels=(lambda indices: module.labels.balanced(indices, module.device)) if conditional else None,
-                                classifier=getattr(metric.extractor, "classifier", None) if conditional else None)
-    log.info("FID samples of repeat %d: %d batches reused from %s", repeat, values.pop("fid_batches_loaded"),
-             cfg.samples_dir)
-    return values
 
 
 def likelihood_choice(cfg: DictConfig) -> tuple[str, ...]:

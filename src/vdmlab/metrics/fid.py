@@ -22,13 +22,14 @@ batch and resumable: :mod:`vdmlab.metrics.fid_samples`.
 
 Distributed evaluation: feature sums are summed over ranks, so each image must be fed on exactly one rank.
 Feed real images with :meth:`FIDMetric.update_from_dataset` (unpadded shards, not ``DistributedSampler``) and
-generate ``len(shard_indices(n_fake))`` samples per rank, so that the ranks together make exactly ``n_fake``.
+generated ones with :func:`vdmlab.metrics.fid_samples.sharded_sample_fid` (each batch of samples, with its own seed,
+made on one rank), so that the ranks together make exactly ``n_fake``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,8 +38,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from vdmlab.cache import atomic_save, load_checked
 from vdmlab.checks import ParameterError
-from vdmlab.distributed import all_reduce_sum, rank_and_world
-from vdmlab.metrics.digits_classifier import DigitsClassifier, class_matches, load_digits_classifier
+from vdmlab.distributed import rank_and_world
+from vdmlab.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from vdmlab.metrics.progress import progress
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -192,36 +193,6 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
     return range(rank, n, world_size)
-
-
-def sample_fid(metric: FIDMetric, sample: Callable[..., Tensor], num_samples: int, batch_size: int,
-               labels: Callable[[range], Tensor] | None = None, classifier: nn.Module | None = None) -> dict[str, float]:
-    """Feed this rank's share of ``num_samples`` fresh samples (``sample(n)`` → n images in [-1, 1]) to ``metric``
-    in batches of at most ``batch_size`` and compute FID against its real statistics (collective under DDP).
-
-    For a conditional model ``labels(indices)`` gives the class labels of those (global) sample indices and the
-    samples are drawn as ``sample(n, y)``; with a ``classifier`` too the result holds ``class_acc``, the fraction
-    of samples it assigns to the label they were drawn for (summed over ranks).
-    """
-    metric.reset()  # keeps the real statistics when the metric was built with reset_real_features=False
-    shard = shard_indices(num_samples)
-    correct, total = 0.0, 0.0
-    starts = range(0, len(shard), batch_size)
-    for start in progress(starts, total=len(starts), desc="FID samples"):
-        indices = shard[start : start + batch_size]
-        if labels is None:
-            metric.update(sample(len(indices)), real=False)
-            continue
-        y = labels(indices)
-        x = sample(len(indices), y)
-        metric.update(x, real=False)
-        if classifier is not None:
-            correct, total = correct + float(class_matches(classifier, x, y).sum()), total + len(x)
-    values = metric.compute_dict()
-    if labels is not None and classifier is not None:
-        counts = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64, device=metric.device))
-        values["class_acc"] = float(counts[0] / counts[1].clamp_min(1))
-    return values
 
 
 class FIDMetric(FrechetInceptionDistance):

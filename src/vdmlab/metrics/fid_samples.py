@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,6 +95,16 @@ def stored_batches(folder: Path, repeat: int) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
+def interrupted_message(folder: str | os.PathLike | None, repeat: int, total: int) -> str:
+    """What an interrupted FID sampling kept, and how to go on from it."""
+    if folder is None:
+        return ("FID sampling interrupted: its samples were not kept. Set fid.samples_dir=<folder> to write them as "
+                "they are made; a rerun of the same command then samples only the missing batches.")
+    done = len(stored_batches(Path(folder), repeat))
+    return (f"FID sampling interrupted: {done} of {total} batches of repeat {repeat} are saved in "
+            f"{Path(folder) / f'repeat{repeat}'}; rerun the same command to sample only the missing ones.")
+
+
 def sharded_sample_fid(metric, sample: Callable[..., Tensor], num_samples: int, batch_size: int, num_levels: int,
                        seed: int, repeat: int = 0, folder: str | os.PathLike | None = None,
                        labels: Callable[[range], Tensor] | None = None, classifier=None) -> dict[str, float]:
@@ -109,23 +120,27 @@ def sharded_sample_fid(metric, sample: Callable[..., Tensor], num_samples: int, 
     device = metric.device
     correct, total, loaded = 0.0, 0.0, 0
     batches = rank_batches(num_samples, batch_size)
-    for b in progress(batches, total=len(batches), desc=f"FID samples (repeat {repeat})"):
-        indices = batch_indices(b, num_samples, batch_size)
-        path = batch_path(Path(folder), repeat, b) if folder is not None else None
-        levels = load_batch(path, len(indices)) if path is not None else None
-        y = labels(indices) if labels is not None else None
-        if levels is None:
-            generator = torch.Generator(device=device).manual_seed(batch_seed(seed, repeat, b))
-            x = sample(len(indices), generator) if y is None else sample(len(indices), generator, y)
-            levels = to_levels(x, num_levels)
-            if path is not None:
-                save_batch(path, levels)
-        else:
-            loaded += 1
-        x = from_levels(levels.to(device), num_levels)
-        metric.update(x, real=False)
-        if y is not None and classifier is not None:
-            correct, total = correct + float(class_matches(classifier, x, y).sum()), total + len(x)
+    try:
+        for b in progress(batches, total=len(batches), desc=f"FID samples (repeat {repeat})"):
+            indices = batch_indices(b, num_samples, batch_size)
+            path = batch_path(Path(folder), repeat, b) if folder is not None else None
+            levels = load_batch(path, len(indices)) if path is not None else None
+            y = labels(indices) if labels is not None else None
+            if levels is None:
+                generator = torch.Generator(device=device).manual_seed(batch_seed(seed, repeat, b))
+                x = sample(len(indices), generator) if y is None else sample(len(indices), generator, y)
+                levels = to_levels(x, num_levels)
+                if path is not None:
+                    save_batch(path, levels)
+            else:
+                loaded += 1
+            x = from_levels(levels.to(device), num_levels)
+            metric.update(x, real=False)
+            if y is not None and classifier is not None:
+                correct, total = correct + float(class_matches(classifier, x, y).sum()), total + len(x)
+    except KeyboardInterrupt:
+        print(interrupted_message(folder, repeat, num_batches(num_samples, batch_size)), file=sys.stderr, flush=True)
+        raise
     values = metric.compute_dict()
     counts = all_reduce_sum(torch.tensor([correct, total, loaded], dtype=torch.float64, device=device))
     if labels is not None and classifier is not None:
