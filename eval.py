@@ -3,15 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
+from vdmlab.cli.common import stop_cleanly_on_ctrl_c
 from vdmlab.cli.evaluate import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except KeyboardInterrupt:  # what was kept and how to resume is said where it happened
-        raise SystemExit(130) from None
+    stop_cleanly_on_ctrl_c("eval.py", lambda: run(cfg), "it writes metrics.json and logs its metrics")
 
 
 if __name__ == "__main__":

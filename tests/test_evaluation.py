@@ -19,6 +19,7 @@ from conftest import REPO, compose_config
 
 from vdmlab.cli import evaluate
 from vdmlab.cli.build import build_from_checkpoint, build_run
+from vdmlab.cli.common import stop_cleanly_on_ctrl_c
 from vdmlab.cli.train import run as train_run
 from vdmlab.data import DigitsDataModule, LevelDataset
 from vdmlab.diffusion.parameterization import EpsParameterization
@@ -109,7 +110,7 @@ def test_eval_py_interrupted_while_sampling_exits_cleanly_and_resumes(trained, t
     job.send_signal(signal.SIGINT)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and "rerun the same command" in err
+    assert "Traceback" not in err and "rerun the same command" in err and "eval.py interrupted (Ctrl-C)" in err
     kept = len(list(samples.glob("repeat0/batch*.npy")))
     assert 2 <= kept < 50  # 50 batches: the signal came while sampling
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -121,6 +122,33 @@ def test_eval_py_interrupted_while_sampling_exits_cleanly_and_resumes(trained, t
                                                                    "fid.steps=20", "fid.floor=false", "profile=null",
                                                                    "copying=null"]))
     assert resumed["test/fid"] == pytest.approx(whole["test/fid"], rel=1e-9)
+
+
+def test_sample_py_interrupted_exits_with_130_and_one_line(trained, tmp_path):
+    job = subprocess.Popen([sys.executable, "sample.py", f"ckpt_path={trained}", "num_samples=5000", "sampler.steps=1000",
+                            f"paths.log_dir={tmp_path}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("sample/runs/*/.hydra")) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3)  # inside the command: loading the checkpoint or sampling
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "sample.py interrupted (Ctrl-C)" in err and "samples.npz" in err
+    assert not list(tmp_path.glob("sample/runs/*/samples.npz"))
+
+
+def test_a_ctrl_c_becomes_exit_status_130_and_one_line(capsys):
+    assert stop_cleanly_on_ctrl_c("x.py", lambda: 7, "it writes out.json") == 7
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        stop_cleanly_on_ctrl_c("x.py", interrupted, "it writes out.json")
+    assert stop.value.code == 130 and stop.value.__cause__ is None and stop.value.__suppress_context__
+    assert capsys.readouterr().err == "x.py interrupted (Ctrl-C): it writes out.json only when it runs to the end.\n"
 
 
 class SevenValDigits(DigitsDataModule):

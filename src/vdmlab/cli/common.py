@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
+
+T = TypeVar("T")
 
 
 def pick_device(name: str) -> torch.device:
@@ -12,6 +18,17 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name} was asked for but CUDA is not available; use device=cpu or device=auto")
     return torch.device(name)
+
+
+def stop_cleanly_on_ctrl_c(command: str, run: Callable[[], T], outputs: str) -> T:
+    """``run()``; a Ctrl-C ends the command with exit status 130 and one line saying that ``outputs`` come only
+    with a finished run, instead of a traceback (what a long step kept, e.g. eval's FID samples, it says itself)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"{command} interrupted (Ctrl-C): {outputs} only when it runs to the end.", file=sys.stderr,
+              flush=True)
+        raise SystemExit(130) from None
 
 
 # One line per metric of the final tables, keyed by the name after "<stage>/" (train/val/test) or by the full key;
