@@ -368,7 +368,8 @@ def build_default(config: str = "auto", network: str = "default", **kwargs) -> B
 
 
 def network_summary(net: torch.nn.Module) -> dict:
-    """The benchmarked network as built: its width (output channels of its first convolution, else of its first linear layer) and parameter count."""
+    """The benchmarked network as built: its width (output channels of its first convolution, else of its first
+    linear layer) and parameter count."""
     convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     width = convs[0] if convs else next((m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)), None)
     return {"model_width": width, "model_params": sum(p.numel() for p in net.parameters())}

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = common.setup(args)
     info = common.machine(device)
     rows, settings = measure(args, device)
-    settings.update(num_samples=args.num_samples, repeats=args.repeats, **common.built_network_summary(args.config, width=args.width, extra=args.set))
+    settings.update(num_samples=args.num_samples, repeats=args.repeats,
+                    **common.built_network_summary(args.config, width=args.width, extra=args.set))
     payload = {"benchmark": NAME, "command": common.command_line("eval_cost.py", argv), "quick": args.quick,
                "machine": info, "settings": settings, "results": rows}
     path = common.write_json(common.output_path(NAME, device, args), payload)

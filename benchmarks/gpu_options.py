@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
               "compiled modules were given a truth value in this process (see compile_workaround)")
     payload = {"benchmark": NAME, "command": common.command_line("gpu_options.py", argv), "quick": q, "machine": info,
                "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
-                            "repeats": args.repeats, **common.built_network_summary(args.config, network=args.network, width=args.width, extra=args.set),
+                            "repeats": args.repeats,
+                            **common.built_network_summary(args.config, network=args.network, width=args.width,
+                                                           extra=args.set),
                             "parameterization": args.parameterization, "network": args.network,
                             "compile_batch_sizes": args.compile_batch_sizes},
                "compile_workaround_applied": workaround, "complete": False, "results": []}

@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     path = common.output_path(NAME, device, args)
     payload = {"benchmark": NAME, "command": common.command_line("sampling_throughput.py", argv), "quick": args.quick,
                "machine": info, "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps,
-                                             "repeats": args.repeats, **common.built_network_summary(args.config, width=args.width, extra=args.set)},
+                                             "repeats": args.repeats,
+                                             **common.built_network_summary(args.config, width=args.width,
+                                                                            extra=args.set)},
                "complete": False, "results": []}
 
     def emit(rows):  # after every setting: a run stopped early keeps what it measured

@@ -279,7 +279,9 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": info, "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "settings": {"batch_sizes": args.batch_sizes, "steps": args.steps, "warmup": args.warmup,
                          "timed_steps": args.steps - args.warmup, "repeats": args.repeats,
-                         "networks_built": {n: common.built_network_summary(args.config, network=n, width=args.width, extra=args.set) for n in args.networks},
+                         "networks_built": {n: common.built_network_summary(args.config, network=n, width=args.width,
+                                                                            extra=args.set)
+                                            for n in args.networks},
                          "config_source": part["config_source"]},
             "networks": args.networks, "complete": (network, batch_size) == (args.networks[-1], args.batch_sizes[-1]),
             "goal_ratio": 0.95,
