@@ -42,8 +42,7 @@ class FIDEvaluation(nn.Module):
         """FID of ``num_samples`` EMA samples against the ``stage`` split, with its sample count (collective)."""
         metric, options = self.metrics[stage], self.options
         return split_fid(metric, module.trainer.datamodule, stage,
-                         lambda r: without_loaded(compute_fid(module, metric, options.num_samples, options.steps,
-                                                              options.batch_size, r)),
+                         lambda r: compute_fid(module, metric, options.num_samples, options.steps, options.batch_size, r),
                          options.stats_dir, options.repeats, options.floor, options.batch_size, module.seed)
 
 
@@ -53,7 +52,7 @@ def compute_fid(module: DiffusionModule, metric: FIDMetric, num_samples: int, st
     """Feed this rank's share of ``num_samples`` fresh EMA samples of ``module`` (sample seed ``repeat``) to
     ``metric`` and compute FID (collective). Batch b of the samples is drawn with its own seed, whatever the number
     of ranks; with a ``folder`` each batch is written there as it is made and a rerun reuses them
-    (:mod:`vdmlab.metrics.fid_samples`; the result's ``fid_batches_loaded`` counts the reused batches).
+    (:mod:`vdmlab.metrics.fid_samples`; then the result's ``fid_batches_loaded`` counts the reused batches).
 
     A conditional model draws every class equally often (sample i gets label i mod C) with the sampler's guidance;
     on the digits the result also holds ``class_acc``, the fraction of samples that the shipped digits classifier
@@ -69,8 +68,3 @@ def compute_fid(module: DiffusionModule, metric: FIDMetric, num_samples: int, st
                               else None,
                               classifier=getattr(metric.extractor, "classifier", None) if conditional else None)
 
-
-def without_loaded(values: dict[str, float]) -> dict[str, float]:
-    """FID values without the count of batches read from disk (always 0 during training: nothing is stored)."""
-    values.pop("fid_batches_loaded", None)
-    return values

@@ -57,9 +57,9 @@ def evaluate_fid(module, datamodule, split: str, cfg: DictConfig, device: torch.
     def fake_fid(repeat: int) -> dict[str, float]:
         values = compute_fid(module, metric, int(cfg.num_samples), int(cfg.steps), int(cfg.batch_size), repeat=repeat,
                              folder=cfg.get("samples_dir"))  # with a folder: batches written as made, reused on a rerun
-        loaded = values.pop("fid_batches_loaded")
         if cfg.get("samples_dir"):
-            log.info("FID samples of repeat %d: %d batches reused from %s", repeat, loaded, cfg.samples_dir)
+            log.info("FID samples of repeat %d: %d batches reused from %s", repeat, values.pop("fid_batches_loaded"),
+                     cfg.samples_dir)
         fake.append(recorder.take())  # this repeat's sample features
         return values
 

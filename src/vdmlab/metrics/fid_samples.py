@@ -114,7 +114,8 @@ def sharded_sample_fid(metric, sample: Callable[..., Tensor], num_samples: int, 
     ``sample(n, generator)`` (unconditional) or ``sample(n, generator, y)`` (``labels(indices)`` gives the class
     labels of global sample indices) returns n images in [-1, 1] on the K = ``num_levels`` grid. With ``folder``
     the batches are written there as they are made and reused on a restart. With a ``classifier`` the result holds
-    ``class_acc`` (conditional models), summed over ranks. Also ``fid_batches_loaded``: batches read from ``folder``.
+    ``class_acc`` (conditional models), summed over ranks. With ``folder`` also ``fid_batches_loaded``: the batches
+    read from it.
     """
     metric.reset()  # keeps the real statistics when the metric was built with reset_real_features=False
     device = metric.device
@@ -145,5 +146,6 @@ def sharded_sample_fid(metric, sample: Callable[..., Tensor], num_samples: int, 
     counts = all_reduce_sum(torch.tensor([correct, total, loaded], dtype=torch.float64, device=device))
     if labels is not None and classifier is not None:
         values["class_acc"] = float(counts[0] / counts[1].clamp_min(1))
-    values["fid_batches_loaded"] = int(counts[2])
+    if folder is not None:
+        values["fid_batches_loaded"] = int(counts[2])
     return values
